@@ -1,0 +1,6 @@
+"""`from specnorm.all import *`: the public API, fastai style (code written for fastaudio runs with this import)."""
+from .audio import *
+from .config import *
+from .spectrogram import *
+from .signal import *
+from .data import *

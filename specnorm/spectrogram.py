@@ -1,0 +1,110 @@
+"""Batch spectrogram transforms: `AudioToSpec` (linear or mel, optionally in dB) and `AudioToMFCC`.
+
+They wrap torchaudio's `Spectrogram`, `MelSpectrogram`, `AmplitudeToDB` and `MFCC`, and work on an
+item `[C, T]` or, as fastai batch transforms, on a batch `[B, C, T]` on whatever device it is on:
+computing spectrograms on GPU batches instead of precomputing images is the point (fastaudio's design).
+"""
+from dataclasses import fields
+
+import torch
+import torch.nn as nn
+import torchaudio.transforms as T
+from fastai.data.transforms import DisplayedTransform
+
+from .audio import AudioSpectrogram, AudioTensor
+
+__all__ = ["AudioToSpec", "AudioToMFCC"]
+
+
+class AudioToSpec(DisplayedTransform):
+    """Turn an `AudioTensor` into an `AudioSpectrogram`.
+
+    Args:
+        mel (bool): mel filterbank (`MelSpectrogram`) instead of a linear-frequency `Spectrogram`.
+        to_db (bool): convert power to decibels with `AmplitudeToDB`.
+        top_db (float or None): clamp each spectrogram to `top_db` below its maximum (per item in a batch).
+        **settings: keyword arguments of the torchaudio transform (`n_fft`, `hop_length`, `n_mels`, `sample_rate`...).
+
+    Shape:
+        `[C, T]` -> `[C, F, frames]`; `[B, C, T]` -> `[B, C, F, frames]`. With the defaults
+        (`n_fft=400`, `hop_length=200`), 5 s at 16 kHz gives `[1, 201, 401]`.
+
+    Example:
+        >>> import torch
+        >>> a2s = AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())
+        >>> a2s(AudioTensor(torch.randn(1, 80000), sr=16000)).shape
+        torch.Size([1, 201, 401])
+    """
+    order = 50
+
+    def __init__(self, mel=False, to_db=True, top_db=None, **settings):
+        super().__init__()
+        self.mel, self.to_db, self.top_db, self.settings = mel, to_db, top_db, settings
+        self._pipes = {}  # one torchaudio pipeline per device, built on first use there
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        "Build from an `AudioConfig` dataclass."
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
+
+    def _build(self):
+        spec = (T.MelSpectrogram if self.mel else T.Spectrogram)(**self.settings)
+        stft = spec.spectrogram if self.mel else spec
+        self.meta = dict(n_fft=stft.n_fft, hop_length=stft.hop_length, win_length=stft.win_length,
+                         mel=self.mel, to_db=self.to_db, mfcc=False)
+        if self.mel:
+            self.meta.update(n_mels=spec.n_mels, f_min=spec.f_min, f_max=spec.f_max)
+        if not self.to_db:
+            return spec
+        stype = "power" if stft.power == 2 else "magnitude"
+        return nn.Sequential(spec, T.AmplitudeToDB(stype=stype, top_db=self.top_db))
+
+    def _pipe(self, device):
+        if device not in self._pipes:
+            self._pipes[device] = self._build().to(device)
+        return self._pipes[device]
+
+    def _check_input(self, x):
+        if x.nsamples == 0:
+            raise ValueError(f"{type(self).__name__}: got an empty signal of shape {tuple(x.shape)}")
+        expected = self.settings.get("sample_rate", 16000)
+        if self.mel and x.sr != expected:
+            raise ValueError(f"{type(self).__name__} is set for sample_rate={expected} but the audio is at "
+                             f"{x.sr} Hz: add Resample({expected}) to the item transforms or change sample_rate")
+
+    def encodes(self, x: AudioTensor):
+        self._check_input(x)
+        pipe = self._pipe(x.device)
+        with torch.autocast(x.device.type, enabled=False):  # the dB log needs float32 range
+            spec = pipe(x.as_subclass(torch.Tensor))
+        return AudioSpectrogram(spec, sr=x.sr, **self.meta)
+
+    def __getstate__(self):
+        # Pipelines are rebuilt on the loading side; they may live on a GPU the loader lacks.
+        return {k: v for k, v in self.__dict__.items() if k != "_pipes"} | {"_pipes": {}}
+
+
+class AudioToMFCC(AudioToSpec):
+    """Mel-frequency cepstral coefficients, as an `AudioSpectrogram` whose rows are coefficients.
+
+    Args:
+        **settings: keyword arguments of `torchaudio.transforms.MFCC` (`sample_rate`, `n_mfcc`, `melkwargs`...).
+
+    Shape:
+        `[C, T]` -> `[C, n_mfcc, frames]`; `[B, C, T]` -> `[B, C, n_mfcc, frames]`.
+
+    Example:
+        >>> import torch
+        >>> AudioToMFCC(n_mfcc=20)(AudioTensor(torch.randn(1, 16000), sr=16000)).shape
+        torch.Size([1, 20, 81])
+    """
+
+    def __init__(self, **settings):
+        super().__init__(mel=True, to_db=False, **settings)
+
+    def _build(self):
+        mfcc = T.MFCC(**self.settings)
+        stft = mfcc.MelSpectrogram.spectrogram
+        self.meta = dict(n_fft=stft.n_fft, hop_length=stft.hop_length, win_length=stft.win_length,
+                         mel=False, to_db=False, mfcc=True, n_mfcc=mfcc.n_mfcc)
+        return mfcc
