@@ -91,6 +91,8 @@ class AudioTensor(TensorBase):
         ax.set_xlabel("time (s)")
         if title is not None:
             ax.set_title(str(title))
+        if ctx is None:
+            ax.figure.tight_layout()
         return ax
 
 
@@ -163,6 +165,8 @@ class AudioSpectrogram(TensorImageBase):
             ax.figure.colorbar(im, ax=ax, label=label)
         if title is not None:
             ax.set_title(str(title))
+        if ctx is None:
+            ax.figure.tight_layout()
         return ax
 
 

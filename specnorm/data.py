@@ -29,7 +29,7 @@ def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None):
 
     Example:
         >>> block = AudioBlock(sample_rate=16000, crop_signal_to=5000)
-        >>> [type(t).__name__ for t in block.item_tfms]
+        >>> [type(t).__name__ for t in block.item_tfms[1:]]   # after fastai's ToTensor
         ['Resample', 'DownmixMono', 'ResizeSignal']
     """
     return TransformBlock(type_tfms=AudioTensor.create,

@@ -1,0 +1,71 @@
+"""AudioToSpec and AudioToMFCC against torchaudio applied directly."""
+import numpy as np
+import pytest
+import torch
+import torchaudio.transforms as T
+
+from conftest import tone
+from specnorm.audio import AudioSpectrogram, AudioTensor
+from specnorm.config import AudioConfig
+from specnorm.spectrogram import AudioToMFCC, AudioToSpec
+
+
+def test_basic_spectrogram_contract_5s_16k():
+    spec = AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())(AudioTensor(torch.randn(1, 80000), sr=16000))
+    assert isinstance(spec, AudioSpectrogram) and spec.shape == (1, 201, 401)
+    assert (spec.sr, spec.n_fft, spec.win_length, spec.hop_length, spec.mel, spec.to_db) == (16000, 400, 400, 200, False, True)
+
+
+def test_equals_torchaudio_on_items_and_batches(device):
+    x = torch.randn(3, 1, 16000, device=device)
+    a2s = AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram(n_fft=512))
+    reference = T.AmplitudeToDB()(T.Spectrogram(n_fft=512).to(device)(x))
+    batch = a2s(AudioTensor(x, sr=16000))
+    assert batch.device.type == device.type and batch.shape == (3, 1, 257, 63)
+    torch.testing.assert_close(batch.as_subclass(torch.Tensor), reference)
+    torch.testing.assert_close(a2s(AudioTensor(x[1], sr=16000)).as_subclass(torch.Tensor), reference[1])
+    assert len(a2s._pipes) == 1   # the torchaudio pipeline was moved to the device once
+
+
+def test_mel_equals_torchaudio(device):
+    x = torch.randn(2, 1, 8000, device=device)
+    cfg = AudioConfig.BasicMelSpectrogram(sample_rate=8000, n_mels=40, top_db=80.0)
+    reference = T.AmplitudeToDB(top_db=80.0)(T.MelSpectrogram(sample_rate=8000, n_mels=40).to(device)(x))
+    spec = AudioToSpec.from_cfg(cfg)(AudioTensor(x, sr=8000))
+    torch.testing.assert_close(spec.as_subclass(torch.Tensor), reference)
+    assert spec.mel and spec.n_mels == 40 and spec.f_min == 0.0
+
+
+def test_tone_peaks_at_its_frequency():
+    spec = AudioToSpec(n_fft=1024)(AudioTensor(torch.from_numpy(tone(1000, 16000, 1.0)), sr=16000))
+    peak_bin = spec[0].mean(-1).argmax().item()
+    assert spec.frequencies()[peak_bin] == pytest.approx(1000, abs=16000 / 1024)
+
+
+def test_magnitude_to_db_uses_amplitude_scale():
+    x = torch.randn(1, 4000)
+    spec = AudioToSpec(power=1.0)(AudioTensor(x, sr=16000))
+    reference = T.AmplitudeToDB(stype="magnitude")(T.Spectrogram(power=1.0)(x))
+    torch.testing.assert_close(spec.as_subclass(torch.Tensor), reference)
+
+
+def test_mfcc_equals_torchaudio(device):
+    x = torch.randn(1, 16000, device=device)
+    mfcc = AudioToMFCC.from_cfg(AudioConfig.BasicMFCC(n_mfcc=20))(AudioTensor(x, sr=16000))
+    torch.testing.assert_close(mfcc.as_subclass(torch.Tensor), T.MFCC(n_mfcc=20).to(device)(x))
+    assert mfcc.mfcc and mfcc.n_mfcc == 20 and mfcc.frequencies() is None
+
+
+def test_mel_refuses_another_sample_rate():
+    with pytest.raises(ValueError, match="sample_rate=16000 but the audio is at 44100 Hz"):
+        AudioToSpec(mel=True)(AudioTensor(torch.randn(1, 4410), sr=44100))
+
+
+def test_empty_signal_is_an_error():
+    with pytest.raises(ValueError, match=r"empty signal of shape \(1, 0\)"):
+        AudioToSpec()(AudioTensor(torch.zeros(1, 0), sr=16000))
+
+
+def test_plain_tensors_pass_through():
+    x = torch.randn(1, 1000)
+    assert AudioToSpec()(x) is x
