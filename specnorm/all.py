@@ -4,3 +4,4 @@ from .config import *
 from .spectrogram import *
 from .signal import *
 from .data import *
+from .cache import *

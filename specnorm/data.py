@@ -9,6 +9,7 @@ from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import ColReader
 
 from .audio import AudioTensor
+from .cache import AudioCache
 from .signal import DownmixMono, Resample, ResizeSignal
 
 __all__ = ["audio_item_tfms", "AudioBlock", "CrossValidationSplitter", "get_dls"]
@@ -24,16 +25,19 @@ def audio_item_tfms(sample_rate=16000, force_mono=True, crop_signal_to=None):
     return tfms
 
 
-def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None):
+def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None):
     """A `TransformBlock` that reads audio files as `AudioTensor` and applies `audio_item_tfms`.
+
+    With `cache_folder`, files are read through an `AudioCache`: decoded, downmixed and resampled
+    once, then read back as ready float32 arrays in later epochs and runs.
 
     Example:
         >>> block = AudioBlock(sample_rate=16000, crop_signal_to=5000)
         >>> [type(t).__name__ for t in block.item_tfms[1:]]   # after fastai's ToTensor
         ['Resample', 'DownmixMono', 'ResizeSignal']
     """
-    return TransformBlock(type_tfms=AudioTensor.create,
-                          item_tfms=audio_item_tfms(sample_rate, force_mono, crop_signal_to))
+    read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono)
+    return TransformBlock(type_tfms=read, item_tfms=audio_item_tfms(sample_rate, force_mono, crop_signal_to))
 
 
 def _require_columns(df, *cols):
@@ -63,7 +67,7 @@ def CrossValidationSplitter(col="fold", fold=1):
 
 
 def get_dls(df, path, bs=64, item_tfms=None, batch_tfms=None, fold=1, fn_col="filename", label_col="category",
-            fold_col="fold", sample_rate=16000, force_mono=True, crop_signal_to=None, **kwargs):
+            fold_col="fold", sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None, **kwargs):
     """DataLoaders for audio classification from a DataFrame with file, label and fold columns.
 
     Args:
@@ -72,7 +76,7 @@ def get_dls(df, path, bs=64, item_tfms=None, batch_tfms=None, fold=1, fn_col="fi
         bs: batch size.
         item_tfms, batch_tfms: extra transforms (e.g. `AudioNormalize`; `AudioToSpec`, `SpecNormalize`).
         fold: the validation fold; the other folds train.
-        sample_rate, force_mono, crop_signal_to: passed to `AudioBlock` (crop in milliseconds).
+        sample_rate, force_mono, crop_signal_to, cache_folder: passed to `AudioBlock` (crop in milliseconds).
         **kwargs: passed on to fastai's `DataBlock.dataloaders` (`device`, `num_workers`, `shuffle`...).
 
     Example:
@@ -87,7 +91,7 @@ def get_dls(df, path, bs=64, item_tfms=None, batch_tfms=None, fold=1, fn_col="fi
     if missing:
         raise FileNotFoundError(f"{len(missing)} files listed in column {fn_col!r} are not in {path}: "
                                 f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
-    block = DataBlock(blocks=(AudioBlock(sample_rate, force_mono, crop_signal_to), CategoryBlock),
+    block = DataBlock(blocks=(AudioBlock(sample_rate, force_mono, crop_signal_to, cache_folder), CategoryBlock),
                       get_x=ColReader(fn_col, pref=f"{path}/"), get_y=ColReader(label_col),
                       splitter=CrossValidationSplitter(fold_col, fold),
                       item_tfms=item_tfms, batch_tfms=batch_tfms)
