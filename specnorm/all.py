@@ -5,3 +5,6 @@ from .spectrogram import *
 from .signal import *
 from .data import *
 from .cache import *
+from .stats import *
+from .normalize import *
+from .drift import *
