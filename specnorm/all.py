@@ -8,3 +8,6 @@ from .cache import *
 from .stats import *
 from .normalize import *
 from .drift import *
+from .instance import *
+from .sliding import *
+from .pcen import *

@@ -1,0 +1,73 @@
+"""Speed of the statistics-free transforms (InstanceSpecNorm, SlidingSpecNorm, ShortTimeAudioNormalize,
+PCEN) against plain reference implementations of the same computation, timed in the same call."""
+import librosa
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from .common import markdown_table, timeit
+
+SR, HOP = 16000, 160
+
+
+def instance_loop(x):
+    "One clip at a time, float32 torch: the plain way to write per-clip normalization."
+    return torch.stack([(c - c.mean((1, 2), keepdim=True)) / c.std((1, 2), correction=0, keepdim=True) for c in x])
+
+
+def rms_window_loop(x, window, hop):
+    "Short-time RMS one window at a time in numpy, then `np.interp` to every sample."
+    n = x.shape[-1]
+    nodes = np.unique(np.r_[np.arange(0, n, hop), n - 1])
+    rms = np.stack([np.sqrt((x[..., max(0, min(t - window // 2, n - window)):][..., :window] ** 2).mean(-1))
+                    for t in nodes], -1).reshape(-1, len(nodes))
+    env = np.stack([np.interp(np.arange(n), nodes, r) for r in rms]).reshape(x.shape)
+    return x / np.maximum(env, 1e-4)
+
+
+def run(device="cpu", smoke=False):
+    from specnorm.audio import AudioSpectrogram, AudioTensor
+    from specnorm.instance import InstanceSpecNorm
+    from specnorm.pcen import PCEN
+    from specnorm.sliding import ShortTimeAudioNormalize, SlidingSpecNorm
+
+    b, f, t, seconds = (2, 16, 50, 0.1) if smoke else (64, 128, 500, 5.0)
+    repeat = 2 if smoke else 7
+    gen = torch.Generator().manual_seed(0)
+    db = torch.randn(b, 1, f, t, generator=gen) * 10 - 50
+    energy = torch.rand(b, 1, f, t, generator=gen) ** 4 * 1e3
+    wave = torch.randn(b, 1, int(SR * seconds), generator=gen) * torch.linspace(0.01, 1, int(SR * seconds))
+    db = db.to(device)
+    spec = AudioSpectrogram(db, sr=SR, hop_length=HOP, to_db=True)
+    lin = AudioSpectrogram(energy.to(device), sr=SR, hop_length=HOP, to_db=False)
+    audio = AudioTensor(wave.to(device), sr=SR)
+    time = lambda fn, dev=device: timeit(fn, device=dev, repeat=repeat, warmup=1)
+
+    rows = []
+    ours = time(lambda: InstanceSpecNorm()(spec))
+    rows.append(("InstanceSpecNorm()", "per-clip loop, float32 torch",
+                 time(lambda: instance_loop(db)) / ours))
+    rows.append(("InstanceSpecNorm()", "one vectorised float32 expression",
+                 time(lambda: (db - db.mean((2, 3), keepdim=True)) / db.std((2, 3), keepdim=True)) / ours))
+    kaldi_port = getattr(AF, "sliding_window_cmn", None)  # a per-frame loop; rows skipped if absent
+    for clips, norm_vars in [(b, False), (b, True), (1, False)] if kaldi_port else []:
+        kaldi_layout = db[:clips].transpose(-1, -2).contiguous()
+        ours = time(lambda: SlidingSpecNorm(window=300, norm_vars=norm_vars)(spec[:clips]))
+        base = time(lambda: kaldi_port(kaldi_layout, 300, center=True, norm_vars=norm_vars))
+        rows.append((f"SlidingSpecNorm(300, norm_vars={norm_vars}), {clips} clip{'s' * (clips > 1)}",
+                     "torchaudio `sliding_window_cmn` (per-frame loop)", base / ours))
+    window, hop = int(0.1 * SR), int(0.01 * SR)
+    wave_np = wave.numpy()
+    ours = time(lambda: ShortTimeAudioNormalize(0.1, 0.01)(audio))
+    rows.append(("ShortTimeAudioNormalize(0.1 s, hop 0.01 s)", "per-window numpy loop + `np.interp` (CPU)",
+                 time(lambda: rms_window_loop(wave_np, window, hop), "cpu") / ours))
+    energy_np = energy.numpy()
+    ours = time(lambda: PCEN()(lin))
+    rows.append(("PCEN", "`librosa.pcen` on the numpy batch (CPU)",
+                 time(lambda: librosa.pcen(energy_np, sr=SR, hop_length=HOP, axis=-1), "cpu") / ours))
+
+    table = markdown_table(("specnorm", "baseline", "speed-up"), [(a, c, f"{r:.1f}x") for a, c, r in rows])
+    return (f"### Statistics-free transforms, {device}\n\nA batch of {b} spectrograms of {f} x {t} frames "
+            f"({t * HOP / SR:g} s at a {HOP}-sample hop) and of {b} waveforms of {seconds:g} s at {SR // 1000} kHz; "
+            f"each specnorm transform against a plain implementation of the same computation "
+            f"(speed-up = baseline time / specnorm time; above 1 means specnorm is faster).\n\n" + table)
