@@ -11,3 +11,5 @@ from .drift import *
 from .instance import *
 from .sliding import *
 from .pcen import *
+from .synth import *
+from .experiment import *

@@ -36,7 +36,9 @@ SYNTH_CLASSES = (
 )
 N_FOLDS = 5
 GAIN_RANGE_DB = (-40.0, 0.0)     # event peak, relative to PEAK
-SNR_RANGE_DB = (0.0, 25.0)       # event RMS over background RMS
+SNR_RANGE_DB = (-10.0, 20.0)     # event RMS over background RMS
+DISTRACTOR_PROB = 0.5            # chance that a quieter event of another class overlaps the clip
+DISTRACTOR_LEVEL_DB = (-30.0, -10.0)  # its peak relative to the event's
 NOISE_SLOPE_RANGE = (1.0, 2.0)   # background power ~ 1 / f**slope: 1 is pink, 2 is brown
 PEAK = 0.7                       # peak of the loudest events: headroom for the background
 JITTER = 0.03                    # relative spread of each class's frequency or rate
@@ -90,8 +92,8 @@ def _event(kind, params, rng, n, sr):
     raise ValueError(f"unknown kind of synthetic sound: {kind!r}")
 
 
-def _clip(kind, params, rng, n, sr):
-    "One clip: the event at a random onset, length and gain, over coloured background noise."
+def _placed_event(kind, params, rng, n, sr, peak):
+    "The event at a random onset and length within `n` samples, scaled to `peak`: `(onset, samples)`."
     onset = int(rng.uniform(0, 0.4) * n)
     length = max(int(rng.uniform(0.4, 1.0) * (n - onset)), 1)
     event = _event(kind, params, rng, length, sr)
@@ -101,14 +103,25 @@ def _clip(kind, params, rng, n, sr):
         ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
         event[:fade] *= ramp
         event[length - fade:] *= ramp[::-1]
-    gain = PEAK * 10 ** (rng.uniform(*GAIN_RANGE_DB) / 20)
-    event *= gain / max(np.abs(event).max(), 1e-12)
+    return onset, event * (peak / max(np.abs(event).max(), 1e-12))
+
+
+def _clip(target, n_classes, rng, n, sr):
+    "One clip of class `target`: its event over coloured background noise, maybe with a quieter other event."
+    _, kind, params = SYNTH_CLASSES[target]
+    peak = PEAK * 10 ** (rng.uniform(*GAIN_RANGE_DB) / 20)
+    onset, event = _placed_event(kind, params, rng, n, sr, peak)
     event_rms = np.sqrt(np.mean(event ** 2))
     slope = rng.uniform(*NOISE_SLOPE_RANGE)
     # Amplitude ~ f ** (-slope / 2) above 20 Hz; nothing below, so the clip has no DC drift.
     background = _shaped_noise(rng, n, sr, lambda f: np.where(f >= 20, np.maximum(f, 20) ** (-slope / 2), 0.0))
     x = background * event_rms / 10 ** (rng.uniform(*SNR_RANGE_DB) / 20)
-    x[onset:onset + length] += event
+    x[onset:onset + len(event)] += event
+    if n_classes > 1 and rng.uniform() < DISTRACTOR_PROB:
+        other = (target + rng.integers(1, n_classes)) % n_classes
+        _, kind, params = SYNTH_CLASSES[other]
+        onset, distractor = _placed_event(kind, params, rng, n, sr, peak * 10 ** (rng.uniform(*DISTRACTOR_LEVEL_DB) / 20))
+        x[onset:onset + len(distractor)] += distractor
     peak = np.abs(x).max()
     return x if peak <= 0.99 else x * (0.99 / peak)
 
@@ -132,9 +145,10 @@ def make_synthetic_dataset(root, n_classes=10, clips_per_class=40, seconds=5.0, 
 
     Example:
         >>> import tempfile
-        >>> df = make_synthetic_dataset(tempfile.mkdtemp(), n_classes=3, clips_per_class=5, seconds=1.0)
-        >>> len(df), sorted(df.category.unique()), sorted(df.fold.unique())
-        (15, ['chirp_up', 'noise_band_2k', 'tone_440'], [1, 2, 3, 4, 5])
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     df = make_synthetic_dataset(root, n_classes=3, clips_per_class=5, seconds=1.0)
+        >>> len(df), sorted(df.category.unique()), df.fold.value_counts().sort_index().tolist()
+        (15, ['chirp_up', 'noise_band_2k', 'tone_440'], [3, 3, 3, 3, 3])
     """
     if not 1 <= n_classes <= len(SYNTH_CLASSES):
         raise ValueError(f"n_classes must be between 1 and {len(SYNTH_CLASSES)}, got {n_classes}")
@@ -149,13 +163,13 @@ def make_synthetic_dataset(root, n_classes=10, clips_per_class=40, seconds=5.0, 
     (root / "audio").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(parents=True, exist_ok=True)
     rows = []
-    for target, (category, kind, params) in enumerate(SYNTH_CLASSES[:n_classes]):
+    for target, (category, _, _) in enumerate(SYNTH_CLASSES[:n_classes]):
         for i in range(clips_per_class):
             rng = np.random.default_rng([seed, target, i])
             fold = i % N_FOLDS + 1
             src_file = target * clips_per_class + i
             filename = f"{fold}-{src_file}-A-{target}.wav"
-            sf.write(root / "audio" / filename, _clip(kind, params, rng, n, sr).astype(np.float32), sr,
+            sf.write(root / "audio" / filename, _clip(target, n_classes, rng, n, sr).astype(np.float32), sr,
                      subtype="PCM_16")
             rows.append(dict(filename=filename, fold=fold, target=target, category=category, esc10=False,
                              src_file=src_file, take="A"))

@@ -1,0 +1,361 @@
+"""The normalization experiment: which normalization suits a dataset? `compare` trains and tells.
+
+This is the reference ESC-50 normalization workflow (fastai + fastaudio) made into functions:
+spectrograms of 5 s clips at 16 kHz (`AudioConfig.BasicSpectrogram`), each waveform standardized
+(`AudioNormalize`), an xresnet18 (Bag of Tricks, He et al., CVPR 2019; fastai's `xresnet18`) trained
+from scratch on 1-channel spectrograms with `fit_one_cycle` (Smith, "A disciplined approach to neural
+network hyper-parameters", 2018), and the validation accuracy of the last epoch averaged over several
+runs. On ESC-50 fold 1 (1600 training clips, 20 epochs, mean of 5 runs) it gave `REFERENCE_ACCURACY`;
+fastaudio's baseline for the same setup was `FASTAUDIO_BASELINE`.
+
+Normalizations are named entries of `METHODS`: a function from the training-set statistics to the
+batch transforms that follow `AudioToSpec`. 'none' adds nothing; 'global' (`SpecNormalize`,
+`axes=(0, 2, 3)`) and 'channel' (`axes=(0, 1, 3)`, one mean and std per frequency row) use statistics
+of the training split only, computed once per dataset in one pass and shared by every method and run.
+'instance' (`InstanceSpecNorm`, each clip by its own statistics), 'sliding' (`SlidingSpecNorm`,
+Kaldi's 3 s sliding-window mean normalization at a 10 ms hop) and 'pcen' (`PCEN` on the linear
+spectrogram, in place of dB) need no statistics. `register_method` adds more.
+"""
+import dataclasses
+import json
+import random
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from fastai.data.transforms import get_c
+from fastai.learner import Learner
+from fastai.metrics import accuracy
+import fastai.callback.progress  # noqa: F401 (patches Learner.no_bar, adds the progress callback)
+import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle)
+from fastai.torch_core import set_seed
+from fastai.vision.models.xresnet import xresnet18
+
+from .config import AudioConfig
+from .data import get_dls
+from .instance import InstanceSpecNorm
+from .normalize import AudioNormalize, SpecNormalize
+from .pcen import PCEN
+from .sliding import SlidingSpecNorm
+from .spectrogram import AudioToSpec
+
+__all__ = ["REFERENCE_ACCURACY", "FASTAUDIO_BASELINE", "STATS_AXES", "METHODS", "LINEAR_METHODS", "register_method",
+           "make_xresnet_grayscale", "train_loops", "TrainStats", "compare", "plot_results"]
+
+# Mean validation accuracy of 5 runs on ESC-50 fold 1, xresnet18 from scratch, 20 epochs.
+REFERENCE_ACCURACY = {"none": 0.7110, "global": 0.7315, "channel": 0.7144}
+FASTAUDIO_BASELINE = 0.6664
+# The reduced dims of each kind of training-set statistic, for [B, C, F, T] spectrogram batches.
+STATS_AXES = {"global": (0, 2, 3), "channel": (0, 1, 3)}
+
+
+def make_xresnet_grayscale(model, n_in=1):
+    """Make a model's first convolution take `n_in` input channels: each gets the mean of its old weights.
+
+    The stem of fastai's `xresnet` takes 3 (RGB) channels; spectrograms have 1. Averaging the first
+    conv's weights over its input channels (the reference workflow's way) gives a 1-channel stem
+    that responds to a grey image as the 3-channel one did to its RGB copy, scaled by 1/3. With
+    `n_in > 1` every input channel gets that mean. The model is changed in place and returned.
+
+    Args:
+        model: any `nn.Module` holding an `nn.Conv2d` (the first one found is changed).
+        n_in (int): the new number of input channels.
+
+    Shape:
+        The returned model takes `[B, n_in, H, W]`.
+
+    Example:
+        >>> import torch
+        >>> from fastai.vision.models.xresnet import xresnet18
+        >>> model = make_xresnet_grayscale(xresnet18(n_out=10))
+        >>> model[0][0].weight.shape, model(torch.randn(2, 1, 64, 64)).shape
+        (torch.Size([32, 1, 3, 3]), torch.Size([2, 10]))
+    """
+    if int(n_in) != n_in or n_in < 1:
+        raise ValueError(f"n_in must be a positive integer, got {n_in!r}")
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d to make {n_in}-channel")
+    if conv.groups != 1:
+        raise ValueError(f"the first conv of {type(model).__name__} is grouped (groups={conv.groups}): "
+                         "its input channels cannot be averaged")
+    with torch.no_grad():
+        weight = conv.weight.mean(1, keepdim=True).repeat(1, int(n_in), 1, 1)
+    conv.weight = nn.Parameter(weight)
+    conv.in_channels = int(n_in)
+    return model
+
+
+def _accuracy_of_last_epoch(learn):
+    # Recorder.values rows hold the metric names after 'epoch' (train_loss, valid_loss, metrics...).
+    names = [n for n in learn.recorder.metric_names if n not in ("epoch", "time")]
+    # Rounded: the metric is a float32 (0.7999999821 for 0.8); 6 decimals are far finer than one clip.
+    return round(float(learn.recorder.values[-1][names.index("accuracy")]), 6)
+
+
+def train_loops(dls, name, num_runs=5, epochs=20, num_cls=None, arch=xresnet18, lr=None, n_in=1, seed=None,
+                quiet=False):
+    """Train `num_runs` fresh models on `dls` with `fit_one_cycle`; print and return their accuracies.
+
+    Each run builds `arch(n_out=num_cls)`, makes its stem `n_in`-channel with `make_xresnet_grayscale`,
+    and trains a `Learner(dls, model, metrics=accuracy)` for `epochs` epochs. A run's accuracy is
+    the validation accuracy of its last epoch. It prints `"{name}: mean accuracy 0.7315 over 5 runs"`.
+
+    Args:
+        dls: fastai `DataLoaders` of spectrogram batches `[B, n_in, F, T]`.
+        name (str): label of the printed line (the normalization's name).
+        num_runs (int): number of models trained from scratch.
+        epochs (int): epochs of `fit_one_cycle` per run.
+        num_cls (int): number of classes; default `dls.c`.
+        arch: called as `arch(n_out=num_cls)` to build a model (default fastai's `xresnet18`; e.g.
+            `partial(xresnet18, widen=0.25)` is smaller).
+        lr (float): the one-cycle peak learning rate; `None` is fastai's default (1e-3).
+        n_in (int): input channels of the spectrograms.
+        seed (int): run `i` seeds python, numpy, torch and the loaders' shuffling with `seed + i`
+            (`set_seed(seed + i, reproducible=True)`), so the runs are reproducible.
+        quiet (bool): no progress bars and no per-epoch table (the result line is still printed).
+
+    Returns:
+        A list of `num_runs` accuracies (floats in [0, 1]).
+
+    Example:
+        >>> accs = train_loops(dls, 'global', num_runs=5, epochs=20)   # doctest: +SKIP
+        global: mean accuracy 0.7315 over 5 runs
+    """
+    if num_runs < 1 or epochs < 1:
+        raise ValueError(f"num_runs and epochs must be >= 1, got num_runs={num_runs}, epochs={epochs}")
+    num_cls = get_c(dls) if num_cls is None else num_cls
+    if not num_cls:
+        raise ValueError("cannot tell the number of classes from dls (no dls.c or vocab): pass num_cls")
+    accs = []
+    for run in range(num_runs):
+        if seed is not None:
+            set_seed(seed + run, reproducible=True)
+            for dl in dls.loaders:  # each loader shuffles with its own generator, seeded when it was built
+                dl.rng = random.Random(seed + run)
+        model = make_xresnet_grayscale(arch(n_out=num_cls), n_in)
+        learn = Learner(dls, model, metrics=accuracy)
+        with ExitStack() as quiet_ctx:
+            if quiet:
+                quiet_ctx.enter_context(learn.no_bar())
+                quiet_ctx.enter_context(learn.no_logging())
+            learn.fit_one_cycle(epochs, lr)
+        accs.append(_accuracy_of_last_epoch(learn))
+    print(f"{name}: mean accuracy {np.mean(accs):.4f} over {num_runs} runs")
+    return accs
+
+
+class TrainStats:
+    """Spectrogram statistics of a training split, computed on first use, once for all kinds.
+
+    `stats['global']` and `stats['channel']` are `StatsRecorder`s (`.mean`, `.std`) reduced over
+    `STATS_AXES`; the first lookup computes every kind in one pass over `dl` with `compute_stats`.
+
+    Args:
+        dl: a loader over the training items whose batches are spectrograms, not normalized.
+        fraction (float): share of the training items read (a random subset drawn with `seed`), passed
+            to `compute_stats`.
+        progress (bool): show a progress bar while computing.
+        seed (int): seed of the random subset when `fraction < 1`.
+
+    Example:
+        >>> stats = TrainStats(dls.train.new(shuffle=False, drop_last=False))   # doctest: +SKIP
+        >>> SpecNormalize.from_stats(stats['channel'])                          # doctest: +SKIP
+    """
+
+    def __init__(self, dl, fraction=1.0, progress=True, seed=0):
+        self.dl, self.fraction, self.progress, self.seed = dl, fraction, progress, seed
+        self._recorders = None
+
+    @property
+    def computed(self): return self._recorders is not None
+
+    def __getitem__(self, kind):
+        if kind not in STATS_AXES:
+            raise KeyError(f"no statistic {kind!r}: the kinds are {list(STATS_AXES)}")
+        if self._recorders is None:
+            from .stats import compute_stats
+            recorders = compute_stats(self.dl, red_dims=tuple(STATS_AXES.values()), fraction=self.fraction,
+                                      progress=self.progress, seed=self.seed)
+            self._recorders = dict(zip(STATS_AXES, recorders))
+        return self._recorders[kind]
+
+    def as_lists(self):
+        "`{kind: {'mean': [...], 'std': [...]}}` of what has been computed, as plain floats."
+        if self._recorders is None:
+            return {}
+        return {kind: {k: torch.as_tensor(getattr(r, k)).flatten().tolist() for k in ("mean", "std")}
+                for kind, r in self._recorders.items()}
+
+
+def _spec_normalize(kind, stats):
+    return [SpecNormalize.from_stats(stats[kind], axes=STATS_AXES[kind])]
+
+
+METHODS = {
+    "none": lambda stats: [],
+    "global": partial(_spec_normalize, "global"),
+    "channel": partial(_spec_normalize, "channel"),
+    # Normalizations that need no training statistics (issue: beyond global and channel).
+    "instance": lambda stats: [InstanceSpecNorm()],
+    "sliding": lambda stats: [SlidingSpecNorm(window=300)],
+    "pcen": lambda stats: [PCEN()],
+}
+# Methods that take the linear spectrogram: `compare` builds their `AudioToSpec` with `to_db=False`.
+LINEAR_METHODS = {"pcen"}
+
+
+def register_method(name, make_batch_tfms, linear=False):
+    """Add (or replace) a normalization `compare` can run, under `name`.
+
+    Args:
+        name (str): the method's name in `compare(methods=...)` and in its results.
+        make_batch_tfms: called with a `TrainStats` (look up `stats['global']` or `stats['channel']`
+            only if needed: the first lookup computes them) and returning the list of batch transforms
+            that follow `AudioToSpec` in the method's DataLoaders.
+        linear (bool): the method takes linear (power) spectrograms, not dB (as PCEN does).
+
+    Example:
+        >>> register_method('channel_unit_std', lambda stats: [SpecNormalize(0.0, stats['channel'].std, axes=(0, 1, 3))])
+        >>> 'channel_unit_std' in METHODS
+        True
+        >>> del METHODS['channel_unit_std']
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a method's name must be a non-empty string, got {name!r}")
+    if not callable(make_batch_tfms):
+        raise TypeError(f"make_batch_tfms must be callable, got {type(make_batch_tfms).__name__}")
+    METHODS[name] = make_batch_tfms
+    (LINEAR_METHODS.add if linear else LINEAR_METHODS.discard)(name)
+
+
+def _summary(accs_by_method):
+    rows = {}
+    for method, accs in accs_by_method.items():
+        a = np.asarray(accs, dtype=np.float64)
+        summary = dict(mean=a.mean(), std=a.std(ddof=1) if len(a) > 1 else 0.0, min=a.min(), max=a.max())
+        rows[method] = {k: round(float(v), 6) for k, v in summary.items()} | dict(runs=[float(v) for v in a])
+    results = pd.DataFrame.from_dict(rows, orient="index")
+    results.index.name = "method"
+    return results
+
+
+def plot_results(results, ax=None, title=None):
+    """Plot `compare`'s results: every run's accuracy as a point, the mean with a ±std error bar per method.
+
+    Example:
+        >>> ax = plot_results(results)   # doctest: +SKIP
+    """
+    if ax is None:
+        import matplotlib.pyplot as plt
+        ax = plt.subplots(figsize=(1.6 * len(results) + 2, 3.5))[1]
+    for i, (method, row) in enumerate(results.iterrows()):
+        runs = np.asarray(row["runs"], dtype=float)
+        # Points spread evenly sideways so equal accuracies stay visible.
+        offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else np.zeros(1)
+        ax.scatter(i + offsets, runs, s=18, color="0.55", zorder=2, label="runs" if i == 0 else None)
+        ax.errorbar(i, row["mean"], yerr=row["std"], fmt="o", color="C3", capsize=6, markersize=8, zorder=3,
+                    label="mean ± std" if i == 0 else None)
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels(results.index)
+    ax.set_xlim(-0.6, len(results) - 0.4)
+    ax.set_xlabel("normalization")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def _save(results, folder, title):
+    from matplotlib.figure import Figure  # no pyplot: works under any backend, and in threads
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = results.copy()
+    table["runs"] = [json.dumps(r) for r in table["runs"]]
+    table.to_csv(folder / "results.csv")
+    fig = Figure(figsize=(1.6 * len(results) + 2, 3.5), layout="tight")
+    plot_results(results, ax=fig.subplots(), title=title)
+    fig.savefig(folder / "results.png", dpi=120)
+
+
+def compare(df, path, methods=("none", "global", "channel"), runs=5, epochs=20, fold=1, fraction=1.0,
+            audio_cfg=None, seed=None, crop_ms=5000, bs=64, sample_rate=16000, arch=xresnet18, lr=None,
+            audio_normalize=True, save_to=None, quiet=False, **dls_kwargs):
+    """Train and score each normalization on a dataset: which one suits it?
+
+    For each method, DataLoaders are built with `get_dls` (validation fold `fold`; every waveform
+    resampled to `sample_rate`, downmixed, cropped or padded to `crop_ms`, and standardized by
+    `AudioNormalize`), whose batch transforms are `AudioToSpec.from_cfg(audio_cfg)` followed by the
+    method's (`METHODS[method](stats)`). Statistics come from the training split only, read once
+    through the same pipeline without normalization, and serve every method. Then `train_loops`
+    trains `runs` models of `arch` for `epochs` epochs.
+
+    Args:
+        df: one row per clip with `filename`, `category` and `fold` columns (ESC-50's `meta/esc50.csv`).
+        path: the folder of the audio files (ESC-50: `path/'audio'`).
+        methods: names in `METHODS` ('none', 'global', 'channel', and any registered).
+        runs (int): models trained per method; epochs (int): epochs per model.
+        fold: the validation fold.
+        fraction (float): share of the training items the statistics are computed from (a random subset).
+        audio_cfg: spectrogram settings (default `AudioConfig.BasicSpectrogram()`).
+        seed (int): makes the statistics and the runs reproducible (run `i` uses `seed + i`).
+        crop_ms (int): clip length in milliseconds; bs (int): batch size; sample_rate (int): Hz.
+        arch, lr: the model builder and the one-cycle peak learning rate (see `train_loops`).
+        audio_normalize (bool): standardize each waveform first (`AudioNormalize`), as the reference did.
+        save_to: a folder to write `results.csv` (`runs` as a JSON list) and `results.png` into.
+        quiet (bool): no progress bars or epoch tables (the result lines are still printed).
+        **dls_kwargs: passed to `get_dls` (`device`, `num_workers`, `cache_folder`...).
+
+    Returns:
+        A DataFrame indexed by `method` (in the order given), with columns `mean`, `std` (sample std
+        over runs, 0.0 for one run), `min`, `max` (accuracies in [0, 1], rounded to 6 decimals) and
+        `runs` (the list of per-run accuracies). `results.attrs['stats']` holds the training-set statistics used,
+        `{'global' | 'channel': {'mean': [...], 'std': [...]}}` (empty when no method needed them).
+
+    Example:
+        >>> df = pd.read_csv(path/'meta'/'esc50.csv')                            # doctest: +SKIP
+        >>> results = compare(df, path/'audio', runs=5, epochs=20, save_to='results')   # doctest: +SKIP
+        none: mean accuracy 0.7110 over 5 runs
+        global: mean accuracy 0.7315 over 5 runs
+        channel: mean accuracy 0.7144 over 5 runs
+    """
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown normalization method(s) {unknown}: the methods are {list(METHODS)} "
+                         "(add others with register_method)")
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct and at least one, got {methods}")
+    if runs < 1 or epochs < 1:
+        raise ValueError(f"runs and epochs must be >= 1, got runs={runs}, epochs={epochs}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    audio_cfg = AudioConfig.BasicSpectrogram() if audio_cfg is None else audio_cfg
+    item_tfms = [AudioNormalize()] if audio_normalize else []
+
+    def dls_with(method_tfms, to_db=audio_cfg.to_db):
+        a2s = AudioToSpec.from_cfg(dataclasses.replace(audio_cfg, to_db=to_db))
+        return get_dls(df, path, bs=bs, item_tfms=item_tfms, fold=fold, sample_rate=sample_rate,
+                       crop_signal_to=crop_ms, batch_tfms=[a2s, *method_tfms], **dls_kwargs)
+
+    if seed is not None:
+        set_seed(seed, reproducible=True)
+    # The training split in order, every item once, through the same pipeline minus normalization.
+    stats = TrainStats(dls_with([]).train.new(shuffle=False, drop_last=False), fraction, progress=not quiet,
+                       seed=0 if seed is None else seed)
+    accs = {}
+    for method in methods:
+        dls = dls_with(METHODS[method](stats), to_db=audio_cfg.to_db and method not in LINEAR_METHODS)
+        accs[method] = train_loops(dls, method, num_runs=runs, epochs=epochs, arch=arch, lr=lr, seed=seed,
+                                   quiet=quiet)
+    results = _summary(accs)
+    results.attrs["stats"] = stats.as_lists()
+    if save_to is not None:
+        _save(results, save_to, title=f"fold {fold}: {runs} run{'s' * (runs > 1)} x {epochs} epoch{'s' * (epochs > 1)}")
+    return results
