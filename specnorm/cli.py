@@ -17,7 +17,7 @@ __all__ = ["main", "DEMO_SETTINGS", "DEMO_METHODS"]
 # 1 s clips, 64-band mel spectrograms, and an xresnet18 a quarter as wide (0.7 M parameters).
 DEMO_SETTINGS = dict(
     dataset=dict(n_classes=10, clips_per_class=20, seconds=1.0, sr=16000, seed=0),
-    compare=dict(runs=3, epochs=8, bs=16, lr=3e-3, crop_ms=1000, seed=0, sample_rate=16000,
+    compare=dict(runs=2, epochs=8, bs=16, lr=3e-3, crop_ms=1000, seed=0, sample_rate=16000,
                  audio_cfg=dict(n_mels=64, n_fft=512, hop_length=256), arch=dict(widen=0.25, stem_szs=(16, 16, 64))))
 DEMO_METHODS = ("none", "global", "channel", "instance", "sliding", "pcen")
 
