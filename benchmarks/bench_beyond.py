@@ -1,5 +1,7 @@
 """Speed of the statistics-free transforms (InstanceSpecNorm, SlidingSpecNorm, ShortTimeAudioNormalize,
 PCEN) against plain reference implementations of the same computation, timed in the same call."""
+from contextlib import contextmanager
+
 import librosa
 import numpy as np
 import torch
@@ -23,6 +25,18 @@ def rms_window_loop(x, window, hop):
                     for t in nodes], -1).reshape(-1, len(nodes))
     env = np.stack([np.interp(np.arange(n), nodes, r) for r in rms]).reshape(x.shape)
     return x / np.maximum(env, 1e-4)
+
+
+@contextmanager
+def torch_threads(n):
+    "Run the block with `n` torch threads (None: leave the setting alone), then restore it."
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run(device="cpu", smoke=False):
@@ -49,18 +63,27 @@ def run(device="cpu", smoke=False):
                  time(lambda: instance_loop(db)) / ours))
     rows.append(("InstanceSpecNorm()", "one vectorised float32 expression",
                  time(lambda: (db - db.mean((2, 3), keepdim=True)) / db.std((2, 3), keepdim=True)) / ours))
+    # The per-frame loop runs on one core; on CPU each pair is also timed with one torch thread, which
+    # compares the work done (and stays meaningful on a machine whose other cores are busy).
+    thread_counts = [None, 1] if device == "cpu" else [None]
     kaldi_port = getattr(AF, "sliding_window_cmn", None)  # a per-frame loop; rows skipped if absent
     for clips, norm_vars in [(b, False), (b, True), (1, False)] if kaldi_port else []:
         kaldi_layout = db[:clips].transpose(-1, -2).contiguous()
-        ours = time(lambda: SlidingSpecNorm(window=300, norm_vars=norm_vars)(spec[:clips]))
-        base = time(lambda: kaldi_port(kaldi_layout, 300, center=True, norm_vars=norm_vars))
-        rows.append((f"SlidingSpecNorm(300, norm_vars={norm_vars}), {clips} clip{'s' * (clips > 1)}",
-                     "torchaudio `sliding_window_cmn` (per-frame loop)", base / ours))
+        for threads in thread_counts:
+            with torch_threads(threads):
+                ours = time(lambda: SlidingSpecNorm(window=300, norm_vars=norm_vars)(spec[:clips]))
+                base = time(lambda: kaldi_port(kaldi_layout, 300, center=True, norm_vars=norm_vars))
+            rows.append((f"SlidingSpecNorm(300, norm_vars={norm_vars}), {clips} clip{'s' * (clips > 1)}"
+                         + (", 1 thread" if threads else ""), "torchaudio `sliding_window_cmn` (per-frame loop)",
+                         base / ours))
     window, hop = int(0.1 * SR), int(0.01 * SR)
     wave_np = wave.numpy()
-    ours = time(lambda: ShortTimeAudioNormalize(0.1, 0.01)(audio))
-    rows.append(("ShortTimeAudioNormalize(0.1 s, hop 0.01 s)", "per-window numpy loop + `np.interp` (CPU)",
-                 time(lambda: rms_window_loop(wave_np, window, hop), "cpu") / ours))
+    for threads in thread_counts:
+        with torch_threads(threads):
+            ours = time(lambda: ShortTimeAudioNormalize(0.1, 0.01)(audio))
+            base = time(lambda: rms_window_loop(wave_np, window, hop), "cpu")
+        rows.append(("ShortTimeAudioNormalize(0.1 s, hop 0.01 s)" + (", 1 thread" if threads else ""),
+                     "per-window numpy loop + `np.interp` (CPU)", base / ours))
     energy_np = energy.numpy()
     ours = time(lambda: PCEN()(lin))
     rows.append(("PCEN", "`librosa.pcen` on the numpy batch (CPU)",

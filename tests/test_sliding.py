@@ -114,9 +114,65 @@ def test_bad_inputs_raise_clear_errors():
         sliding_norm(torch.zeros(1, 1, 4, 0))
 
 
+def test_every_edge_rule_against_the_loop():
+    # Short clips against windows and look-aheads of every relative size: growing, shrinking, shifted
+    # and whole-clip windows.
+    rng = np.random.default_rng(6)
+    for n in (1, 2, 3, 5, 8, 13):
+        x = (rng.standard_normal((1, 2, n)) * 5 - 40).astype(np.float32)
+        for window in (1, 2, 3, 4, 7, 15):
+            for center, min_window in [(True, 100)] + [(False, m) for m in (1, 2, 5, 9, 20)]:
+                for norm_vars in (False, True):
+                    out = sliding_norm(torch.from_numpy(x), window, center, norm_vars, min_window)
+                    np.testing.assert_allclose(out.numpy(), numpy_sliding(x, window, center, norm_vars, min_window),
+                                               rtol=1e-5, atol=1e-4, err_msg=f"{n=} {window=} {center=} {min_window=}")
+
+
+@pytest.mark.parametrize("window,center,min_window",
+                         [(2, False, 1), (7, True, 100), (300, True, 100), (30, False, 100)])
+@pytest.mark.parametrize("norm_vars", [False, True])
+def test_long_drifting_clip_stays_accurate(window, center, min_window, norm_vars):
+    # 3000 frames with a 40 dB level drift: the error stays at float32 rounding of the dB values (module docstring).
+    x = db_spec((1, 1, 3, 3000), seed=4)
+    out = sliding_norm(torch.from_numpy(x), window, center, norm_vars, min_window)
+    err = np.abs(out.numpy() - numpy_sliding(x, window, center, norm_vars, min_window)).max()
+    assert err < (5e-5 if norm_vars else 2e-5)
+
+
+def test_float64_input_stays_float64_and_exact():
+    x = db_spec((1, 1, 3, 400), seed=5).astype(np.float64)
+    for norm_vars in (False, True):
+        out = sliding_norm(torch.from_numpy(x), 50, True, norm_vars)
+        assert out.dtype == torch.float64
+        np.testing.assert_allclose(out.numpy(), numpy_sliding(x, 50, True, norm_vars), rtol=1e-9, atol=1e-9)
+
+
+def test_rows_in_several_blocks(monkeypatch):
+    # Large batches go through in blocks of rows: same result, and a NaN in an early block is still found.
+    import specnorm.sliding as sliding
+    x = db_spec((2, 1, 5, 60), seed=7)
+    monkeypatch.setattr(sliding, "_BLOCK", 3 * 60 * 8)  # blocks of 3 rows of float64 (6 of float32)
+    for norm_vars in (False, True):
+        out = sliding_norm(torch.from_numpy(x), 20, True, norm_vars)
+        np.testing.assert_allclose(out.numpy(), numpy_sliding(x, 20, True, norm_vars), rtol=1e-5, atol=1e-4)
+        bad = torch.from_numpy(x).clone()
+        bad[0, 0, 1, 7] = float("nan")
+        with pytest.raises(ValueError, match="1 NaN or Inf"):
+            sliding_norm(bad, 20, True, norm_vars)
+    wave = torch.from_numpy(db_spec((4, 2, 320), seed=8) / 60)
+    monkeypatch.setattr(sliding, "_BLOCK", 3 * 320 * 8)
+    for hop in (None, 32, 7):
+        out = short_time_rms(wave, 64, hop)
+        np.testing.assert_allclose(out.numpy(), numpy_rms(wave.numpy(), 64, hop), rtol=1e-5, atol=1e-7)
+        bad = wave.clone()
+        bad[0, 1, 100] = float("inf")
+        with pytest.raises(ValueError, match="1 NaN or Inf"):
+            ShortTimeAudioNormalize(64 / 8000, None if hop is None else hop / 8000)(AudioTensor(bad, sr=8000))
+
+
 # ShortTimeAudioNormalize
 
-def numpy_short_time(x, window, hop=None, floor=1e-4):
+def numpy_rms(x, window, hop=None):
     "Per-sample RMS over the centred window (or at hop nodes, linearly interpolated), in float64."
     x = x.astype(np.float64)
     n = x.shape[-1]
@@ -128,7 +184,11 @@ def numpy_short_time(x, window, hop=None, floor=1e-4):
     if hop is not None:
         flat = rms.reshape(-1, len(nodes))
         rms = np.stack([np.interp(np.arange(n), nodes, r) for r in flat]).reshape(x.shape)
-    return x / np.maximum(rms, floor)
+    return rms
+
+
+def numpy_short_time(x, window, hop=None, floor=1e-4):
+    return x.astype(np.float64) / np.maximum(numpy_rms(x, window, hop), floor)
 
 
 @pytest.mark.parametrize("window_s,hop_s", [(0.01, None), (0.01, 0.004), (0.5, None), (0.013, 0.007)])
@@ -166,6 +226,28 @@ def test_short_time_rms_of_a_tone():
     t = torch.arange(16000) / 16000
     rms = short_time_rms(0.5 * torch.sin(2 * torch.pi * 100 * t)[None], window=1600, hop=400)
     torch.testing.assert_close(rms, torch.full_like(rms, 0.5 / np.sqrt(2)), rtol=1e-3, atol=1e-3)
+
+
+def test_short_time_rms_on_odd_sizes():
+    # Clips shorter than the window or the hop, hops that do and do not divide the window and the clip
+    # (sums over blocks of samples, or of every sample), a last node closer than a hop.
+    rng = np.random.default_rng(9)
+    for n in (1, 2, 7, 97, 320, 321):
+        x = (rng.standard_normal((2, n)) * np.linspace(0.05, 1, n)).astype(np.float32)
+        for window in (1, 5, 64, 1000):
+            for hop in (None, 1, 3, 16, 32, 500):
+                np.testing.assert_allclose(short_time_rms(torch.from_numpy(x), window, hop).numpy(),
+                                           numpy_rms(x, window, hop), rtol=1e-5, atol=1e-7,
+                                           err_msg=f"{n=} {window=} {hop=}")
+
+
+@pytest.mark.parametrize("hop", [None, 40, 7])
+def test_quiet_after_loud_keeps_its_precision(hop):
+    # -80 dB after 0 dB: float64 sums of squares keep the quiet part's RMS to float32 precision.
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((1, 8000)) * np.where(np.arange(8000) < 4000, 1.0, 1e-4)).astype(np.float32)
+    rms = short_time_rms(torch.from_numpy(x), 400, hop).numpy()
+    np.testing.assert_allclose(rms[:, 5000:], numpy_rms(x, 400, hop)[:, 5000:], rtol=1e-5)
 
 
 def test_short_time_bad_inputs():
