@@ -39,6 +39,9 @@ def main(argv=None):
     if not args.smoke:
         head = (f"# Benchmarks\n\nWritten by `make bench` on {datetime.date.today()}. Each figure is a ratio "
                 "against a baseline timed in the same run, on the machine named in the section heading.\n")
+        if devices == ["cpu"]:
+            head += ("\nNo GPU was present for this run: on a CUDA machine, `make bench` adds the same suite on the GPU "
+                     "beside these CPU figures.\n")
         Path(args.out).write_text(head + "\n" + "\n\n".join(sections) + "\n")
 
 
