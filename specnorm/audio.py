@@ -156,7 +156,8 @@ class AudioSpectrogram(TensorImageBase):
             ax.set_yticklabels([f"{freqs[t]:.0f}" for t in ticks])
             ax.set_ylabel("mel frequency (Hz)" if getattr(self, "mel", False) else "frequency (Hz)")
         if colorbar:
-            label = "dB" if getattr(self, "to_db", False) else "value"
+            label = ("standardized" if getattr(self, "standardized", False)
+                     else "dB" if getattr(self, "to_db", False) else "value")
             ax.figure.colorbar(im, ax=ax, label=label)
         if title is not None:
             ax.set_title(str(title))

@@ -121,4 +121,4 @@ class InstanceSpecNorm(DisplayedTransform):
             if x.ndim == 3:
                 mask = mask[0]
         out = instance_norm(x, self.axes, mask=mask, eps=self.eps)
-        return type(x)(out, **x.__dict__)
+        return type(x)(out, **{**x.__dict__, "standardized": True})

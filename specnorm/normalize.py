@@ -284,6 +284,7 @@ class SpecNormalize(Normalize):
                                  f"{inf} Inf values ({bad_in} non-finite values in the input)")
         y = y.as_subclass(type(x))
         y.set_meta(x, as_copy=True)
+        y.standardized = not decode  # so plots label standardized values as such, not as dB
         return y
 
     def encodes(self, x: TensorImageBase): return self._apply(x, decode=False)

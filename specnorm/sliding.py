@@ -260,7 +260,7 @@ class SlidingSpecNorm(DisplayedTransform):
 
     def encodes(self, x: TensorImageBase):
         out = sliding_norm(x, self.window, self.center, self.norm_vars, self.min_window, self.eps)
-        return type(x)(out, **x.__dict__)
+        return type(x)(out, **{**x.__dict__, "standardized": True})
 
 
 def _node_rms(x, start, end):

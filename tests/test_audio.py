@@ -91,3 +91,11 @@ def test_nan_samples_are_an_error(tmp_path):
     sf.write(fn, data.T, 8000, subtype="FLOAT")
     with pytest.raises(ValueError, match="nan.wav contains 1 NaN"):
         AudioTensor.create(fn)
+
+
+def test_standardized_spectrograms_are_not_labelled_db():
+    from specnorm.normalize import SpecNormalize
+    spec = AudioSpectrogram(torch.randn(1, 1, 8, 20) * 10 - 50, sr=16000, hop_length=160, to_db=True, mel=False)
+    norm = SpecNormalize(-50.0, 10.0)
+    assert norm(spec)[0].show().figure.axes[-1].get_ylabel() == "standardized"
+    assert norm.decode(norm(spec))[0].show().figure.axes[-1].get_ylabel() == "dB"
