@@ -17,7 +17,7 @@ from fastcore.parallel import parallel
 from fasttransform import Pipeline
 
 from .audio import AudioTensor
-from .signal import DownmixMono, Resample
+from .signal import audio_item_tfms
 
 __all__ = ["AudioCache", "preprocess_audio_folder"]
 
@@ -51,8 +51,8 @@ class AudioCache:
         self.sample_rate, self.force_mono = sample_rate, force_mono
         self.folder = Path(folder) / f"sr{sample_rate or 'orig'}_{'mono' if force_mono else 'all'}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        # The same transforms, in the same order, as `audio_item_tfms`: cached == uncached.
-        self.pipeline = Pipeline(([DownmixMono()] if force_mono else []) + ([Resample(sample_rate)] if sample_rate else []))
+        # `AudioBlock`'s own item transforms, less the crop: cached == uncached.
+        self.pipeline = Pipeline(audio_item_tfms(sample_rate, force_mono))
         self.hits = self.misses = 0
 
     def path_for(self, fn):

@@ -10,19 +10,9 @@ from fastai.data.transforms import ColReader
 
 from .audio import AudioTensor
 from .cache import AudioCache
-from .signal import DownmixMono, Resample, ResizeSignal
+from .signal import audio_item_tfms
 
-__all__ = ["audio_item_tfms", "AudioBlock", "CrossValidationSplitter", "get_dls"]
-
-
-def audio_item_tfms(sample_rate=16000, force_mono=True, crop_signal_to=None):
-    "The item transforms of `AudioBlock`: resample, downmix to mono, crop/pad to `crop_signal_to` ms."
-    tfms = [] if sample_rate is None else [Resample(sample_rate)]
-    if force_mono:
-        tfms.append(DownmixMono())
-    if crop_signal_to is not None:
-        tfms.append(ResizeSignal(crop_signal_to))
-    return tfms
+__all__ = ["AudioBlock", "CrossValidationSplitter", "get_dls"]
 
 
 def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None):

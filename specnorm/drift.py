@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from fastai.callback.core import Callback
+from fastai.torch_core import TensorImageBase
 
 from .normalize import SpecNormalize
 from .stats import StatsRecorder
@@ -119,10 +120,10 @@ class NormDriftMonitor(Callback):
         if self.new_stats is None:
             self.reset()
         if self.normalizer is not None:
-            # The inverse written out: fastai's Learner hands callbacks `xb` as plain tensors, which
-            # the normalizer's type dispatch would pass through untouched.
-            n, meta = self.normalizer, getattr(x, "__dict__", {})
-            x = torch.addcmul(n.mean.to(x.device), x.as_subclass(torch.Tensor), n.std.to(x.device))
+            # fastai's Learner hands callbacks `xb` as plain tensors, which the normalizer's type
+            # dispatch would pass through untouched: re-type it so `decode` (the exact inverse) applies.
+            meta = dict(getattr(x, "__dict__", {}))
+            x = self.normalizer.decode(x.as_subclass(TensorImageBase))
             x.__dict__.update(meta)  # spectrogram settings, for the report's frequency axis
         self.new_stats.update(x)
         return self

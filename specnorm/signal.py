@@ -1,4 +1,5 @@
-"""Waveform item transforms: `Resample`, `DownmixMono`, `ResizeSignal`.
+"""Waveform item transforms: `Resample`, `DownmixMono`, `ResizeSignal`, and `audio_item_tfms`
+(the list of them that `AudioBlock` and `AudioCache` apply).
 
 Resampling is torchaudio's band-limited windowed-sinc interpolation (Hann window, the default of
 `torchaudio.functional.resample`); its kernel depends only on the rate pair, so it is built once
@@ -16,7 +17,7 @@ from fastai.vision.augment import RandTransform
 
 from .audio import AudioTensor
 
-__all__ = ["Resample", "DownmixMono", "ResizeSignal"]
+__all__ = ["Resample", "DownmixMono", "ResizeSignal", "audio_item_tfms"]
 
 
 @lru_cache(maxsize=32)
@@ -113,3 +114,13 @@ class ResizeSignal(RandTransform):
         before = 0 if self.pad_mode == "zeros_after" else (
             random.randint(0, missing) if self.training else missing // 2)
         return F.pad(x, (before, missing - before))
+
+
+def audio_item_tfms(sample_rate=16000, force_mono=True, crop_signal_to=None):
+    "The item transforms of `AudioBlock`: resample, downmix to mono, crop/pad to `crop_signal_to` ms."
+    tfms = [] if sample_rate is None else [Resample(sample_rate)]
+    if force_mono:
+        tfms.append(DownmixMono())
+    if crop_signal_to is not None:
+        tfms.append(ResizeSignal(crop_signal_to))
+    return tfms

@@ -16,6 +16,11 @@ from .audio import AudioSpectrogram, AudioTensor
 __all__ = ["AudioToSpec", "AudioToMFCC"]
 
 
+def _stft_meta(stft):
+    "The frame settings of a torchaudio `Spectrogram`, as `AudioSpectrogram` metadata."
+    return dict(n_fft=stft.n_fft, hop_length=stft.hop_length, win_length=stft.win_length)
+
+
 class AudioToSpec(DisplayedTransform):
     """Turn an `AudioTensor` into an `AudioSpectrogram`.
 
@@ -50,8 +55,7 @@ class AudioToSpec(DisplayedTransform):
     def _build(self):
         spec = (T.MelSpectrogram if self.mel else T.Spectrogram)(**self.settings)
         stft = spec.spectrogram if self.mel else spec
-        self.meta = dict(n_fft=stft.n_fft, hop_length=stft.hop_length, win_length=stft.win_length,
-                         mel=self.mel, to_db=self.to_db, mfcc=False)
+        self.meta = dict(_stft_meta(stft), mel=self.mel, to_db=self.to_db, mfcc=False)
         if self.mel:
             self.meta.update(n_mels=spec.n_mels, f_min=spec.f_min, f_max=spec.f_max)
         if not self.to_db:
@@ -104,7 +108,6 @@ class AudioToMFCC(AudioToSpec):
 
     def _build(self):
         mfcc = T.MFCC(**self.settings)
-        stft = mfcc.MelSpectrogram.spectrogram
-        self.meta = dict(n_fft=stft.n_fft, hop_length=stft.hop_length, win_length=stft.win_length,
-                         mel=False, to_db=False, mfcc=True, n_mfcc=mfcc.n_mfcc)
+        self.meta = dict(_stft_meta(mfcc.MelSpectrogram.spectrogram), mel=False, to_db=False, mfcc=True,
+                         n_mfcc=mfcc.n_mfcc)
         return mfcc
