@@ -1,5 +1,6 @@
 """Speed of the statistics-free transforms (InstanceSpecNorm, SlidingSpecNorm, ShortTimeAudioNormalize,
 PCEN) against plain reference implementations of the same computation, timed in the same call."""
+
 from contextlib import contextmanager
 
 import librosa
@@ -21,8 +22,9 @@ def rms_window_loop(x, window, hop):
     "Short-time RMS one window at a time in numpy, then `np.interp` to every sample."
     n = x.shape[-1]
     nodes = np.unique(np.r_[np.arange(0, n, hop), n - 1])
-    rms = np.stack([np.sqrt((x[..., max(0, min(t - window // 2, n - window)):][..., :window] ** 2).mean(-1))
-                    for t in nodes], -1).reshape(-1, len(nodes))
+    rms = np.stack(
+        [np.sqrt((x[..., max(0, min(t - window // 2, n - window)) :][..., :window] ** 2).mean(-1)) for t in nodes], -1
+    ).reshape(-1, len(nodes))
     env = np.stack([np.interp(np.arange(n), nodes, r) for r in rms]).reshape(x.shape)
     return x / np.maximum(env, 1e-4)
 
@@ -59,10 +61,14 @@ def run(device="cpu", smoke=False):
 
     rows = []
     ours = time(lambda: InstanceSpecNorm()(spec))
-    rows.append(("InstanceSpecNorm()", "per-clip loop, float32 torch",
-                 time(lambda: instance_loop(db)) / ours))
-    rows.append(("InstanceSpecNorm()", "one vectorised float32 expression",
-                 time(lambda: (db - db.mean((2, 3), keepdim=True)) / db.std((2, 3), keepdim=True)) / ours))
+    rows.append(("InstanceSpecNorm()", "per-clip loop, float32 torch", time(lambda: instance_loop(db)) / ours))
+    rows.append(
+        (
+            "InstanceSpecNorm()",
+            "one vectorised float32 expression",
+            time(lambda: (db - db.mean((2, 3), keepdim=True)) / db.std((2, 3), keepdim=True)) / ours,
+        )
+    )
     # The per-frame loop runs on one core; on CPU each pair is also timed with one torch thread, which
     # compares the work done (and stays meaningful on a machine whose other cores are busy).
     thread_counts = [None, 1] if device == "cpu" else [None]
@@ -73,24 +79,41 @@ def run(device="cpu", smoke=False):
             with torch_threads(threads):
                 ours = time(lambda: SlidingSpecNorm(window=300, norm_vars=norm_vars)(spec[:clips]))
                 base = time(lambda: kaldi_port(kaldi_layout, 300, center=True, norm_vars=norm_vars))
-            rows.append((f"SlidingSpecNorm(300, norm_vars={norm_vars}), {clips} clip{'s' * (clips > 1)}"
-                         + (", 1 thread" if threads else ""), "torchaudio `sliding_window_cmn` (per-frame loop)",
-                         base / ours))
+            rows.append(
+                (
+                    f"SlidingSpecNorm(300, norm_vars={norm_vars}), {clips} clip{'s' * (clips > 1)}"
+                    + (", 1 thread" if threads else ""),
+                    "torchaudio `sliding_window_cmn` (per-frame loop)",
+                    base / ours,
+                )
+            )
     window, hop = int(0.1 * SR), int(0.01 * SR)
     wave_np = wave.numpy()
     for threads in thread_counts:
         with torch_threads(threads):
             ours = time(lambda: ShortTimeAudioNormalize(0.1, 0.01)(audio))
             base = time(lambda: rms_window_loop(wave_np, window, hop), "cpu")
-        rows.append(("ShortTimeAudioNormalize(0.1 s, hop 0.01 s)" + (", 1 thread" if threads else ""),
-                     "per-window numpy loop + `np.interp` (CPU)", base / ours))
+        rows.append(
+            (
+                "ShortTimeAudioNormalize(0.1 s, hop 0.01 s)" + (", 1 thread" if threads else ""),
+                "per-window numpy loop + `np.interp` (CPU)",
+                base / ours,
+            )
+        )
     energy_np = energy.numpy()
     ours = time(lambda: PCEN()(lin))
-    rows.append(("PCEN", "`librosa.pcen` on the numpy batch (CPU)",
-                 time(lambda: librosa.pcen(energy_np, sr=SR, hop_length=HOP, axis=-1), "cpu") / ours))
+    rows.append(
+        (
+            "PCEN",
+            "`librosa.pcen` on the numpy batch (CPU)",
+            time(lambda: librosa.pcen(energy_np, sr=SR, hop_length=HOP, axis=-1), "cpu") / ours,
+        )
+    )
 
     table = markdown_table(("specnorm", "baseline", "speed-up"), [(a, c, f"{r:.1f}x") for a, c, r in rows])
-    return (f"### Statistics-free transforms, {device}\n\nA batch of {b} spectrograms of {f} x {t} frames "
-            f"({t * HOP / SR:g} s at a {HOP}-sample hop) and of {b} waveforms of {seconds:g} s at {SR // 1000} kHz; "
-            f"each specnorm transform against a plain implementation of the same computation "
-            f"(speed-up = baseline time / specnorm time; above 1 means specnorm is faster).\n\n" + table)
+    return (
+        f"### Statistics-free transforms, {device}\n\nA batch of {b} spectrograms of {f} x {t} frames "
+        f"({t * HOP / SR:g} s at a {HOP}-sample hop) and of {b} waveforms of {seconds:g} s at {SR // 1000} kHz; "
+        f"each specnorm transform against a plain implementation of the same computation "
+        f"(speed-up = baseline time / specnorm time; above 1 means specnorm is faster).\n\n" + table
+    )

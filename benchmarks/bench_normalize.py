@@ -1,5 +1,6 @@
 """Speed of SpecNormalize against a memory copy (`x.clone()`, the memory-bound limit) and against
 fastai's `Normalize` (`(x - mean) / std`), on a spectrogram batch, timed in the same call."""
+
 import torch
 from fastai.data.transforms import Normalize
 from fastai.torch_core import TensorImage
@@ -28,14 +29,19 @@ def run(device="cpu", smoke=False):
         fns = [lambda: x.clone(), lambda: fastai_norm(image), lambda: ours(spec), lambda: unchecked(spec)]
         # Rounds interleave the candidates and each keeps its best median, so a slow spell of a
         # shared machine does not land on one column only.
-        best = [min(ts) for ts in zip(*[[timeit(fn, device=device, repeat=repeat, warmup=2) for fn in fns]
-                                        for _ in range(rounds)])]
+        best = [
+            min(ts)
+            for ts in zip(*[[timeit(fn, device=device, repeat=repeat, warmup=2) for fn in fns] for _ in range(rounds)])
+        ]
         rows.append((name, *(f"{s / best[0]:.2f}x" for s in best[1:])))
 
-    table = markdown_table(("statistics", "fastai `Normalize`", "SpecNormalize", "SpecNormalize(check_finite=False)"),
-                           rows)
-    return (f"### SpecNormalize, {device}\n\nOne float32 batch `[{b}, {c}, {f}, {t}]`: time of each normalization "
-            f"as a multiple of `x.clone()` on the same batch (a memory copy, the memory-bound limit; 1.00x is "
-            f"as fast as a copy, lower is better). fastai's `Normalize` computes `(x - mean) / std` on a "
-            f"`TensorImage`; SpecNormalize is one fused multiply-add, plus one sum of the output for its NaN/Inf "
-            f"check unless `check_finite=False`.\n\n" + table)
+    table = markdown_table(
+        ("statistics", "fastai `Normalize`", "SpecNormalize", "SpecNormalize(check_finite=False)"), rows
+    )
+    return (
+        f"### SpecNormalize, {device}\n\nOne float32 batch `[{b}, {c}, {f}, {t}]`: time of each normalization "
+        f"as a multiple of `x.clone()` on the same batch (a memory copy, the memory-bound limit; 1.00x is "
+        f"as fast as a copy, lower is better). fastai's `Normalize` computes `(x - mean) / std` on a "
+        f"`TensorImage`; SpecNormalize is one fused multiply-add, plus one sum of the output for its NaN/Inf "
+        f"check unless `check_finite=False`.\n\n" + table
+    )

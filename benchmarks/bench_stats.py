@@ -1,4 +1,5 @@
 """`StatsRecorder.update` against `torch.var_mean` and the reference workflow's recorder, per batch."""
+
 import torch
 
 from specnorm.stats import StatsRecorder
@@ -26,7 +27,7 @@ class PooledStdRecorder:
             m = float(self.nobservations)
             old = self.mean
             self.mean = m / (m + n) * old + n / (m + n) * mean
-            var = m / (m + n) * self.std ** 2 + n / (m + n) * std ** 2 + m * n / (m + n) ** 2 * (old - mean) ** 2
+            var = m / (m + n) * self.std**2 + n / (m + n) * std**2 + m * n / (m + n) ** 2 * (old - mean) ** 2
             self.std = torch.sqrt(var)
         self.nobservations += n
 
@@ -44,8 +45,10 @@ def run(device="cpu", smoke=False):
         ours = timeit(lambda: rec.update(x), device, repeat=repeat)
         ref = timeit(lambda: pooled.update(x), device, repeat=repeat)
         rows.append((name, "1.00", f"{ours / base:.2f}", f"{ref / base:.2f}"))
-    return (f"### StatsRecorder.update\n\nTime of one `update` on a float32 `{list(shape)}` batch on {device}, "
-            "as a multiple of one float32 `torch.var_mean` over the same batch and dims (lower is faster). "
-            "`StatsRecorder` is exact (float64 combination, NaN/Inf counted on the device); the reference "
-            "workflow's pooled-std recorder is float32 and counts batch items.\n\n"
-            + markdown_table(("dims", "torch.var_mean", "StatsRecorder.update", "reference recorder"), rows))
+    return (
+        f"### StatsRecorder.update\n\nTime of one `update` on a float32 `{list(shape)}` batch on {device}, "
+        "as a multiple of one float32 `torch.var_mean` over the same batch and dims (lower is faster). "
+        "`StatsRecorder` is exact (float64 combination, NaN/Inf counted on the device); the reference "
+        "workflow's pooled-std recorder is float32 and counts batch items.\n\n"
+        + markdown_table(("dims", "torch.var_mean", "StatsRecorder.update", "reference recorder"), rows)
+    )

@@ -1,4 +1,5 @@
 """Timing helpers shared by the benchmarks: every figure is a ratio against a baseline timed in the same run."""
+
 import platform
 import time
 
@@ -29,8 +30,10 @@ def machine(device="cpu"):
     "One line naming the hardware a figure was measured on."
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
-            f"(torch {torch.__version__})")
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
+        f"(torch {torch.__version__})"
+    )
 
 
 def markdown_table(header, rows):

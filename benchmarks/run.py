@@ -4,6 +4,7 @@ Each module defines `run(device="cpu", smoke=False) -> str`, a markdown section 
 ratios against baselines timed in the same call. `--smoke` runs tiny sizes and writes nothing
 (the test suite uses it so the benchmarks cannot rot).
 """
+
 import argparse
 import datetime
 import importlib
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 
 def bench_modules(only=None):
     names = sorted(m.name for m in pkgutil.iter_modules([str(ROOT)]) if m.name.startswith("bench_"))
-    return [importlib.import_module(f"benchmarks.{n}") for n in names if only is None or n[len("bench_"):] in only]
+    return [importlib.import_module(f"benchmarks.{n}") for n in names if only is None or n[len("bench_") :] in only]
 
 
 def main(argv=None):
@@ -37,11 +38,15 @@ def main(argv=None):
             print(text, flush=True)
             sections.append(text)
     if not args.smoke:
-        head = (f"# Benchmarks\n\nWritten by `make bench` on {datetime.date.today()}. Each figure is a ratio "
-                "against a baseline timed in the same run, on the machine named in the section heading.\n")
+        head = (
+            f"# Benchmarks\n\nWritten by `make bench` on {datetime.date.today()}. Each figure is a ratio "
+            "against a baseline timed in the same run, on the machine named in the section heading.\n"
+        )
         if devices == ["cpu"]:
-            head += ("\nNo GPU was present for this run: on a CUDA machine, `make bench` adds the same suite on the GPU "
-                     "beside these CPU figures.\n")
+            head += (
+                "\nNo GPU was present for this run: on a CUDA machine, `make bench` adds the same suite on the GPU "
+                "beside these CPU figures.\n"
+            )
         Path(args.out).write_text(head + "\n" + "\n\n".join(sections) + "\n")
 
 

@@ -1,15 +1,16 @@
 """`from specnorm.all import *`: the public API, fastai style (code written for fastaudio runs with this import)."""
+
 from .audio import *
-from .config import *
-from .spectrogram import *
-from .signal import *
-from .data import *
 from .cache import *
-from .stats import *
-from .normalize import *
+from .config import *
+from .data import *
 from .drift import *
-from .instance import *
-from .sliding import *
-from .pcen import *
-from .synth import *
 from .experiment import *
+from .instance import *
+from .normalize import *
+from .pcen import *
+from .signal import *
+from .sliding import *
+from .spectrogram import *
+from .stats import *
+from .synth import *

@@ -5,8 +5,8 @@ fastai 2.8's `TensorBase`: the sample rate and the spectrogram settings travel a
 through torch operations, collation and batch transforms. Files are read and written with
 soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
 """
+
 from pathlib import Path
-from typing import Union
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,7 +16,7 @@ from fastai.torch_core import TensorBase, TensorImageBase
 from fastai.vision.data import get_grid
 from plum import dispatch
 
-__all__ = ["AudioTensor", "AudioSpectrogram", "show_batch"]
+__all__ = ["AudioSpectrogram", "AudioTensor", "show_batch"]
 
 
 class AudioTensor(TensorBase):
@@ -60,11 +60,16 @@ class AudioTensor(TensorBase):
         return cls(torch.from_numpy(np.ascontiguousarray(data.T)), sr=sr, **kwargs)
 
     @property
-    def nsamples(self): return self.shape[-1]
+    def nsamples(self):
+        return self.shape[-1]
+
     @property
-    def nchannels(self): return self.shape[-2]
+    def nchannels(self):
+        return self.shape[-2]
+
     @property
-    def duration(self): return self.nsamples / self.sr
+    def duration(self):
+        return self.nsamples / self.sr
 
     def save(self, fn):
         "Write the item to `fn`; the format follows the extension (`.wav`, `.flac`, `.ogg`)."
@@ -73,6 +78,7 @@ class AudioTensor(TensorBase):
     def hear(self):
         "Show an audio player (in a notebook)."
         from IPython.display import Audio, display
+
         display(Audio(self.detach().cpu().numpy(), rate=self.sr))
 
     def show(self, ctx=None, title=None, figsize=(6, 2), **kwargs):
@@ -118,11 +124,17 @@ class AudioSpectrogram(TensorImageBase):
     """
 
     @property
-    def height(self): return self.shape[-2]
+    def height(self):
+        return self.shape[-2]
+
     @property
-    def width(self): return self.shape[-1]
+    def width(self):
+        return self.shape[-1]
+
     @property
-    def nchannels(self): return self.shape[-3]
+    def nchannels(self):
+        return self.shape[-3]
+
     @property
     def duration(self):
         "Length in seconds of the signal the frames cover (centred frames: `(width - 1) * hop / sr`)."
@@ -156,8 +168,13 @@ class AudioSpectrogram(TensorImageBase):
             ax.set_yticklabels([f"{freqs[t]:.0f}" for t in ticks])
             ax.set_ylabel("mel frequency (Hz)" if getattr(self, "mel", False) else "frequency (Hz)")
         if colorbar:
-            label = ("standardized" if getattr(self, "standardized", False)
-                     else "dB" if getattr(self, "to_db", False) else "value")
+            label = (
+                "standardized"
+                if getattr(self, "standardized", False)
+                else "dB"
+                if getattr(self, "to_db", False)
+                else "value"
+            )
             ax.figure.colorbar(im, ax=ax, label=label)
         if title is not None:
             ax.set_title(str(title))
@@ -167,8 +184,17 @@ class AudioSpectrogram(TensorImageBase):
 
 
 @dispatch
-def show_batch(x: Union[AudioTensor, AudioSpectrogram], y, samples, ctxs=None, max_n=6, nrows=None, ncols=None,
-               figsize=None, **kwargs):
+def show_batch(
+    x: AudioTensor | AudioSpectrogram,
+    y,
+    samples,
+    ctxs=None,
+    max_n=6,
+    nrows=None,
+    ncols=None,
+    figsize=None,
+    **kwargs,
+):
     "A grid of waveforms or spectrograms (each with its colorbar), titled with their labels."
     if ctxs is None:
         ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)

@@ -3,11 +3,12 @@
 Decoding and resampling a 44.1 kHz file costs more than everything else an audio item goes through,
 and it gives the same result every epoch and every run. `AudioCache` does it once per file and
 stores the float32 samples as `.npy` (read back with `allow_pickle=False`), so later epochs read
-ready arrays. A cached file's name carries the source's size and modification time, and the folder
+ready arrays. A cached file's name carries `source_key` of its source (path, size, mtime, inode, ctime), and the folder
 it lives in carries the settings, so a changed source file or a changed setting is a cache miss,
 never a stale hit. The cached waveform is exactly what `audio_item_tfms` would compute, so batches
 with and without the cache are identical.
 """
+
 import hashlib
 import os
 from pathlib import Path
@@ -19,7 +20,21 @@ from fasttransform import Pipeline
 from .audio import AudioTensor
 from .signal import audio_item_tfms
 
-__all__ = ["AudioCache", "preprocess_audio_folder"]
+__all__ = ["AudioCache", "preprocess_audio_folder", "source_key"]
+
+
+def source_key(fn):
+    """A file-name-safe key of the audio file `fn` as it is now: its resolved path, size, modification
+    time, inode and status-change time.
+
+    A rewrite always changes the status-change time (ctime), which no copy tool can preserve, so a
+    source rewritten with the same size and mtime still gets a new key. Every cache of decoded
+    audio in specnorm (`AudioCache`, the packed store) keys its entries on it.
+    """
+    fn = Path(fn).resolve()
+    st = fn.stat()
+    path_hash = hashlib.sha1(str(fn).encode()).hexdigest()[:16]
+    return f"{path_hash}-{st.st_size}-{st.st_mtime_ns}-{st.st_ino}-{st.st_ctime_ns}"
 
 
 class AudioCache:
@@ -56,11 +71,8 @@ class AudioCache:
         self.hits = self.misses = 0
 
     def path_for(self, fn):
-        "The cache file of `fn` as it is now: its name changes when the source's size or mtime does."
-        fn = Path(fn).resolve()
-        stat = fn.stat()
-        key = hashlib.sha1(str(fn).encode()).hexdigest()[:16]
-        return self.folder / f"{key}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+        "The cache file of `fn` as it is now: its name changes whenever `source_key(fn)` does."
+        return self.folder / f"{source_key(fn)}.npy"
 
     def __call__(self, fn):
         if not Path(fn).is_file():
@@ -92,6 +104,11 @@ def preprocess_audio_folder(files, cache_folder, sample_rate=16000, force_mono=T
     """
     cache = AudioCache(cache_folder, sample_rate, force_mono)
     n_workers = os.cpu_count() if n_workers is None else n_workers
-    parallel(lambda fn: cache.path_for(fn).is_file() or cache(fn), list(files), n_workers=n_workers,
-             threadpool=True, progress=progress)
+    parallel(
+        lambda fn: cache.path_for(fn).is_file() or cache(fn),
+        list(files),
+        n_workers=n_workers,
+        threadpool=True,
+        progress=progress,
+    )
     return cache

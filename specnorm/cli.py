@@ -5,30 +5,44 @@ folder and compares normalizations on it with settings that finish in minutes on
 `compare` runs the reference experiment (ESC-50 fold 1, xresnet18 from scratch) on any dataset laid
 out like ESC-50, and `stats` saves training-set statistics for later use.
 """
+
 import argparse
 import os
 import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["main", "DEMO_SETTINGS", "DEMO_METHODS"]
+__all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "main"]
 
 # Chosen so `specnorm demo` finishes in under 5 minutes on 2 CPU cores (measured: see README):
 # 1 s clips, 64-band mel spectrograms, and an xresnet18 a quarter as wide (0.7 M parameters).
 DEMO_SETTINGS = dict(
     dataset=dict(n_classes=10, clips_per_class=20, seconds=1.0, sr=16000, seed=0),
-    compare=dict(runs=2, epochs=8, bs=16, lr=3e-3, crop_ms=1000, seed=0, sample_rate=16000,
-                 audio_cfg=dict(n_mels=64, n_fft=512, hop_length=256), arch=dict(widen=0.25, stem_szs=(16, 16, 64))))
+    compare=dict(
+        runs=2,
+        epochs=8,
+        bs=16,
+        lr=3e-3,
+        crop_ms=1000,
+        seed=0,
+        sample_rate=16000,
+        audio_cfg=dict(n_mels=64, n_fft=512, hop_length=256),
+        arch=dict(widen=0.25, stem_szs=(16, 16, 64)),
+    ),
+)
 DEMO_METHODS = ("none", "global", "channel", "instance", "sliding", "pcen")
 
 
 def _cache_dir():
-    return Path(os.environ.get("SPECNORM_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specnorm"))
+    return Path(
+        os.environ.get("SPECNORM_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specnorm")
+    )
 
 
 def _read_dataset(data, csv, audio):
     "The metadata DataFrame and audio folder of an ESC-50-style dataset, with one-line errors."
     import pandas as pd
+
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {data}")
@@ -40,6 +54,7 @@ def _read_dataset(data, csv, audio):
 
 def _audio_cfg(mel, sample_rate):
     from .config import AudioConfig
+
     return AudioConfig.BasicMelSpectrogram(sample_rate=sample_rate) if mel else AudioConfig.BasicSpectrogram()
 
 
@@ -53,27 +68,51 @@ def demo(args):
     from .config import AudioConfig
     from .experiment import compare
     from .synth import make_synthetic_dataset
+
     dataset = DEMO_SETTINGS["dataset"]
-    root = Path(args.data or _cache_dir() / "synthetic-{n_classes}x{clips_per_class}-{seconds}s-{sr}-{seed}".format(**dataset))
+    root = Path(
+        args.data or _cache_dir() / "synthetic-{n_classes}x{clips_per_class}-{seconds}s-{sr}-{seed}".format(**dataset)
+    )
     if not (root / "meta" / "esc50.csv").is_file():
         print(f"making the synthetic dataset in {root}")
         make_synthetic_dataset(root, **dataset)
     settings = dict(DEMO_SETTINGS["compare"])
-    settings["audio_cfg"] = AudioConfig.BasicMelSpectrogram(sample_rate=settings["sample_rate"], **settings["audio_cfg"])
+    settings["audio_cfg"] = AudioConfig.BasicMelSpectrogram(
+        sample_rate=settings["sample_rate"], **settings["audio_cfg"]
+    )
     settings["arch"] = partial(xresnet18, **settings["arch"])
-    results = compare(pd.read_csv(root / "meta" / "esc50.csv"), root / "audio", methods=args.methods,
-                      save_to=args.out, num_workers=args.workers or 0, **settings)
+    results = compare(
+        pd.read_csv(root / "meta" / "esc50.csv"),
+        root / "audio",
+        methods=args.methods,
+        save_to=args.out,
+        num_workers=args.workers or 0,
+        **settings,
+    )
     print(results.round(4).to_string())
     print(f"results in {args.out}/ (synthetic data: {dataset})")
 
 
 def compare_cmd(args):
     from .experiment import compare
+
     df, audio = _read_dataset(args.data, args.csv, args.audio)
-    results = compare(df, audio, methods=args.methods, runs=args.runs, epochs=args.epochs, fold=args.fold,
-                      bs=args.bs, fraction=args.fraction, audio_cfg=_audio_cfg(args.mel, args.sample_rate),
-                      sample_rate=args.sample_rate, crop_ms=args.crop_ms, seed=args.seed, save_to=args.out,
-                      num_workers=args.workers)
+    results = compare(
+        df,
+        audio,
+        methods=args.methods,
+        runs=args.runs,
+        epochs=args.epochs,
+        fold=args.fold,
+        bs=args.bs,
+        fraction=args.fraction,
+        audio_cfg=_audio_cfg(args.mel, args.sample_rate),
+        sample_rate=args.sample_rate,
+        crop_ms=args.crop_ms,
+        seed=args.seed,
+        save_to=args.out,
+        num_workers=args.workers,
+    )
     print(results.to_string())
 
 
@@ -81,17 +120,27 @@ def stats_cmd(args):
     from .data import get_dls
     from .spectrogram import AudioToSpec
     from .stats import compute_stats
+
     df, audio = _read_dataset(args.data, args.csv, args.audio)
     axes = {"global": (0, 2, 3), "channel": (0, 1, 3)}[args.axes]
-    dls = get_dls(df, audio, bs=args.bs, fold=args.fold, crop_signal_to=args.crop_ms, num_workers=args.workers,
-                  sample_rate=args.sample_rate,
-                  batch_tfms=[AudioToSpec.from_cfg(_audio_cfg(args.mel, args.sample_rate))])
-    recorder, = compute_stats(dls.train, red_dims=[axes], fraction=args.fraction)
+    dls = get_dls(
+        df,
+        audio,
+        bs=args.bs,
+        fold=args.fold,
+        crop_signal_to=args.crop_ms,
+        num_workers=args.workers,
+        sample_rate=args.sample_rate,
+        batch_tfms=[AudioToSpec.from_cfg(_audio_cfg(args.mel, args.sample_rate))],
+    )
+    (recorder,) = compute_stats(dls.train, red_dims=[axes], fraction=args.fraction)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     recorder.save(args.out)
     mean, std = recorder.mean.flatten(), recorder.std.flatten()
-    print(f"{args.axes} statistics of {recorder.nobservations} training clips: mean {mean.mean():.3f} dB, "
-          f"std {std.mean():.3f} dB{' (averaged over channels)' if mean.numel() > 1 else ''} -> {args.out}")
+    print(
+        f"{args.axes} statistics of {recorder.nobservations} training clips: mean {mean.mean():.3f} dB, "
+        f"std {std.mean():.3f} dB{' (averaged over channels)' if mean.numel() > 1 else ''} -> {args.out}"
+    )
 
 
 def _parser():

@@ -4,6 +4,7 @@ As in fastaudio, each config's fields and defaults are read from the signature o
 transform it configures, so they stay in step with torchaudio; `mel` and `to_db` (and `top_db`)
 select the pipeline `AudioToSpec.from_cfg` builds.
 """
+
 import inspect
 from dataclasses import field, make_dataclass
 from typing import Any
@@ -17,8 +18,11 @@ _SKIPPED = {"return_complex", "onesided"}
 
 
 def _config_from(name, transform, **extra):
-    params = [p for p in inspect.signature(transform).parameters.values()
-              if p.default is not inspect.Parameter.empty and p.name not in _SKIPPED]
+    params = [
+        p
+        for p in inspect.signature(transform).parameters.values()
+        if p.default is not inspect.Parameter.empty and p.name not in _SKIPPED
+    ]
     defaults = {p.name: p.default for p in params} | extra
     cls = make_dataclass(name, [(k, Any, field(default=v)) for k, v in defaults.items()])
     cls.__doc__ = f"Settings for `{transform.__name__}` (torchaudio defaults) plus {sorted(extra)}."
@@ -33,9 +37,21 @@ class AudioConfig:
         >>> cfg.mel, cfg.to_db, cfg.n_mels, cfg.n_fft
         (True, True, 64, 400)
     """
+
     BasicSpectrogram = _config_from("BasicSpectrogram", T.Spectrogram, mel=False, to_db=True, top_db=None)
     BasicMelSpectrogram = _config_from("BasicMelSpectrogram", T.MelSpectrogram, mel=True, to_db=True, top_db=None)
     BasicMFCC = _config_from("BasicMFCC", T.MFCC)
     # Speech: 16 kHz, 64 ms windows, 8 ms hop, 128 mel bands over the voice range (fastaudio's `Voice`).
-    Voice = _config_from("Voice", T.MelSpectrogram, mel=True, to_db=True, top_db=None,
-                         sample_rate=16000, n_fft=1024, hop_length=128, f_min=50.0, f_max=8000.0, n_mels=128)
+    Voice = _config_from(
+        "Voice",
+        T.MelSpectrogram,
+        mel=True,
+        to_db=True,
+        top_db=None,
+        sample_rate=16000,
+        n_fft=1024,
+        hop_length=128,
+        f_min=50.0,
+        f_max=8000.0,
+        n_mels=128,
+    )

@@ -3,6 +3,7 @@
 `get_dls` builds the DataLoaders of the reference ESC-50 workflow (a metadata CSV with a file name,
 a label and a cross-validation fold per clip) from any DataFrame of that shape.
 """
+
 from pathlib import Path
 
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
@@ -33,8 +34,9 @@ def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None, cache_fo
 def _require_columns(df, *cols):
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"the DataFrame has no column {', '.join(map(repr, missing))} "
-                         f"(its columns: {list(df.columns)})")
+        raise ValueError(
+            f"the DataFrame has no column {', '.join(map(repr, missing))} (its columns: {list(df.columns)})"
+        )
 
 
 def CrossValidationSplitter(col="fold", fold=1):
@@ -45,6 +47,7 @@ def CrossValidationSplitter(col="fold", fold=1):
         >>> CrossValidationSplitter(fold=2)(pd.DataFrame({'fold': [1, 2, 1, 2]}))
         ([0, 2], [1, 3])
     """
+
     def _split(df):
         _require_columns(df, col)
         is_valid = (df[col] == fold).to_numpy()
@@ -53,11 +56,26 @@ def CrossValidationSplitter(col="fold", fold=1):
         if is_valid.all():
             raise ValueError(f"every row is in fold {fold!r} of column {col!r}: nothing is left to train on")
         return (~is_valid).nonzero()[0].tolist(), is_valid.nonzero()[0].tolist()
+
     return _split
 
 
-def get_dls(df, path, bs=64, item_tfms=None, batch_tfms=None, fold=1, fn_col="filename", label_col="category",
-            fold_col="fold", sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None, **kwargs):
+def get_dls(
+    df,
+    path,
+    bs=64,
+    item_tfms=None,
+    batch_tfms=None,
+    fold=1,
+    fn_col="filename",
+    label_col="category",
+    fold_col="fold",
+    sample_rate=16000,
+    force_mono=True,
+    crop_signal_to=None,
+    cache_folder=None,
+    **kwargs,
+):
     """DataLoaders for audio classification from a DataFrame with file, label and fold columns.
 
     Args:
@@ -79,10 +97,16 @@ def get_dls(df, path, bs=64, item_tfms=None, batch_tfms=None, fold=1, fn_col="fi
         raise FileNotFoundError(f"audio folder not found: {path}")
     missing = [fn for fn in df[fn_col] if not (path / fn).is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} files listed in column {fn_col!r} are not in {path}: "
-                                f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
-    block = DataBlock(blocks=(AudioBlock(sample_rate, force_mono, crop_signal_to, cache_folder), CategoryBlock),
-                      get_x=ColReader(fn_col, pref=f"{path}/"), get_y=ColReader(label_col),
-                      splitter=CrossValidationSplitter(fold_col, fold),
-                      item_tfms=item_tfms, batch_tfms=batch_tfms)
+        raise FileNotFoundError(
+            f"{len(missing)} files listed in column {fn_col!r} are not in {path}: "
+            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
+        )
+    block = DataBlock(
+        blocks=(AudioBlock(sample_rate, force_mono, crop_signal_to, cache_folder), CategoryBlock),
+        get_x=ColReader(fn_col, pref=f"{path}/"),
+        get_y=ColReader(label_col),
+        splitter=CrossValidationSplitter(fold_col, fold),
+        item_tfms=item_tfms,
+        batch_tfms=batch_tfms,
+    )
     return block.dataloaders(df.reset_index(drop=True), bs=bs, **kwargs)

@@ -11,6 +11,7 @@ standardized mean shift `d = (mean_new - mean_train) / std_train`, the variance 
 KL over channels; `threshold` (0.1 by default: a shift of 0.45 std, or a variance ratio of 1.6,
 in every channel) decides what is flagged.
 """
+
 import warnings
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class DriftReport:
         score: mean of `kl`; flagged: `score > threshold`.
         frequencies: Hz of each channel, when known.
     """
+
     shift: np.ndarray
     var_ratio: np.ndarray
     kl: np.ndarray
@@ -47,14 +49,17 @@ class DriftReport:
     frequencies: np.ndarray = None
 
     @property
-    def flagged(self): return self.score > self.threshold
+    def flagged(self):
+        return self.score > self.threshold
 
     def __str__(self):
         worst = int(np.argmax(self.kl))
         where = f"{self.frequencies[worst]:.0f} Hz" if self.frequencies is not None else f"channel {worst}"
-        return (f"drift score {self.score:.3g} nats ({'above' if self.flagged else 'within'} threshold "
-                f"{self.threshold:g}); worst at {where}: shift {self.shift[worst]:+.2f} std, "
-                f"variance ratio {self.var_ratio[worst]:.2f}")
+        return (
+            f"drift score {self.score:.3g} nats ({'above' if self.flagged else 'within'} threshold "
+            f"{self.threshold:g}); worst at {where}: shift {self.shift[worst]:+.2f} std, "
+            f"variance ratio {self.var_ratio[worst]:.2f}"
+        )
 
     def plot(self, ax=None, figsize=(7, 3)):
         "Standardized shift and log2 variance ratio over frequency (or channel index)."
@@ -101,6 +106,7 @@ class NormDriftMonitor(Callback):
         >>> monitor.scan([torch.randn(16, 1, 8, 50) + 2]).flagged
         True
     """
+
     order = 50  # after the batch exists, independent of other callbacks
 
     def __init__(self, reference=None, red_dims=(0, 1, 3), threshold=DRIFT_THRESHOLD, warn=True):
@@ -131,17 +137,21 @@ class NormDriftMonitor(Callback):
     def scan(self, dl, progress=False):
         "Record every batch of `dl` (any iterable of batches or `(x, y)` tuples) and return the `DriftReport`."
         from fastprogress.fastprogress import progress_bar
+
         self.reset(_find_normalizer(dl))
         with torch.no_grad():
-            for b in (progress_bar(dl, leave=False) if progress else dl):
+            for b in progress_bar(dl, leave=False) if progress else dl:
                 self.update(b[0] if isinstance(b, (tuple, list)) else b)
         return self.compare()
 
     # -- fastai callback events ------------------------------------------------------------------------
-    def before_validate(self): self.reset(_find_normalizer(self.dl))
+    def before_validate(self):
+        self.reset(_find_normalizer(self.dl))
+
     def after_pred(self):
         if not self.training:
             self.update(self.xb[0])
+
     def after_validate(self):
         if self.new_stats is not None and self.new_stats.nbatches:
             self.compare()
@@ -152,8 +162,10 @@ class NormDriftMonitor(Callback):
             return self.reference.mean.cpu(), self.reference.var.cpu()
         norm = self.normalizer or (self.reference if isinstance(self.reference, SpecNormalize) else None)
         if norm is None or not norm.has_stats:
-            raise ValueError("NormDriftMonitor needs training statistics: pass reference=StatsRecorder, or use it "
-                             "on data that goes through a SpecNormalize with statistics")
+            raise ValueError(
+                "NormDriftMonitor needs training statistics: pass reference=StatsRecorder, or use it "
+                "on data that goes through a SpecNormalize with statistics"
+            )
         return norm.mean, norm.std.square()
 
     def compare(self):

@@ -16,6 +16,7 @@ of the training split only, computed once per dataset in one pass and shared by 
 Kaldi's 3 s sliding-window mean normalization at a 10 ms hop) and 'pcen' (`PCEN` on the linear
 spectrogram, in place of dB) need no statistics. `register_method` adds more.
 """
+
 import dataclasses
 import json
 import random
@@ -23,6 +24,8 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
+import fastai.callback.progress
+import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle)
 import numpy as np
 import pandas as pd
 import torch
@@ -30,8 +33,6 @@ import torch.nn as nn
 from fastai.data.transforms import get_c
 from fastai.learner import Learner
 from fastai.metrics import accuracy
-import fastai.callback.progress  # noqa: F401 (patches Learner.no_bar, adds the progress callback)
-import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle)
 from fastai.torch_core import set_seed
 from fastai.vision.models.xresnet import xresnet18
 
@@ -43,8 +44,19 @@ from .pcen import PCEN
 from .sliding import SlidingSpecNorm
 from .spectrogram import AudioToSpec
 
-__all__ = ["REFERENCE_ACCURACY", "FASTAUDIO_BASELINE", "STATS_AXES", "METHODS", "LINEAR_METHODS", "register_method",
-           "make_xresnet_grayscale", "train_loops", "TrainStats", "compare", "plot_results"]
+__all__ = [
+    "FASTAUDIO_BASELINE",
+    "LINEAR_METHODS",
+    "METHODS",
+    "REFERENCE_ACCURACY",
+    "STATS_AXES",
+    "TrainStats",
+    "compare",
+    "make_xresnet_grayscale",
+    "plot_results",
+    "register_method",
+    "train_loops",
+]
 
 # Mean validation accuracy of 5 runs on ESC-50 fold 1, xresnet18 from scratch, 20 epochs.
 REFERENCE_ACCURACY = {"none": 0.7110, "global": 0.7315, "channel": 0.7144}
@@ -81,8 +93,10 @@ def make_xresnet_grayscale(model, n_in=1):
     if conv is None:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d to make {n_in}-channel")
     if conv.groups != 1:
-        raise ValueError(f"the first conv of {type(model).__name__} is grouped (groups={conv.groups}): "
-                         "its input channels cannot be averaged")
+        raise ValueError(
+            f"the first conv of {type(model).__name__} is grouped (groups={conv.groups}): "
+            "its input channels cannot be averaged"
+        )
     with torch.no_grad():
         weight = conv.weight.mean(1, keepdim=True).repeat(1, int(n_in), 1, 1)
     conv.weight = nn.Parameter(weight)
@@ -97,8 +111,9 @@ def _accuracy_of_last_epoch(learn):
     return round(float(learn.recorder.values[-1][names.index("accuracy")]), 6)
 
 
-def train_loops(dls, name, num_runs=5, epochs=20, num_cls=None, arch=xresnet18, lr=None, n_in=1, seed=None,
-                quiet=False):
+def train_loops(
+    dls, name, num_runs=5, epochs=20, num_cls=None, arch=xresnet18, lr=None, n_in=1, seed=None, quiet=False
+):
     """Train `num_runs` fresh models on `dls` with `fit_one_cycle`; print and return their accuracies.
 
     Each run builds `arch(n_out=num_cls)`, makes its stem `n_in`-channel with `make_xresnet_grayscale`,
@@ -172,15 +187,22 @@ class TrainStats:
         self._recorders = None
 
     @property
-    def computed(self): return self._recorders is not None
+    def computed(self):
+        return self._recorders is not None
 
     def __getitem__(self, kind):
         if kind not in STATS_AXES:
             raise KeyError(f"no statistic {kind!r}: the kinds are {list(STATS_AXES)}")
         if self._recorders is None:
             from .stats import compute_stats
-            recorders = compute_stats(self.dl, red_dims=tuple(STATS_AXES.values()), fraction=self.fraction,
-                                      progress=self.progress, seed=self.seed)
+
+            recorders = compute_stats(
+                self.dl,
+                red_dims=tuple(STATS_AXES.values()),
+                fraction=self.fraction,
+                progress=self.progress,
+                seed=self.seed,
+            )
             self._recorders = dict(zip(STATS_AXES, recorders))
         return self._recorders[kind]
 
@@ -188,8 +210,10 @@ class TrainStats:
         "`{kind: {'mean': [...], 'std': [...]}}` of what has been computed, as plain floats."
         if self._recorders is None:
             return {}
-        return {kind: {k: torch.as_tensor(getattr(r, k)).flatten().tolist() for k in ("mean", "std")}
-                for kind, r in self._recorders.items()}
+        return {
+            kind: {k: torch.as_tensor(getattr(r, k)).flatten().tolist() for k in ("mean", "std")}
+            for kind, r in self._recorders.items()
+        }
 
 
 def _spec_normalize(kind, stats):
@@ -220,7 +244,8 @@ def register_method(name, make_batch_tfms, linear=False):
         linear (bool): the method takes linear (power) spectrograms, not dB (as PCEN does).
 
     Example:
-        >>> register_method('channel_unit_std', lambda stats: [SpecNormalize(0.0, stats['channel'].std, axes=(0, 1, 3))])
+        >>> register_method('channel_unit_std',
+        ...                 lambda stats: [SpecNormalize(0.0, stats['channel'].std, axes=(0, 1, 3))])
         >>> 'channel_unit_std' in METHODS
         True
         >>> del METHODS['channel_unit_std']
@@ -252,14 +277,24 @@ def plot_results(results, ax=None, title=None):
     """
     if ax is None:
         import matplotlib.pyplot as plt
+
         ax = plt.subplots(figsize=(1.6 * len(results) + 2, 3.5))[1]
-    for i, (method, row) in enumerate(results.iterrows()):
+    for i, (_method, row) in enumerate(results.iterrows()):
         runs = np.asarray(row["runs"], dtype=float)
         # Points spread evenly sideways so equal accuracies stay visible.
         offsets = np.linspace(-0.15, 0.15, len(runs)) if len(runs) > 1 else np.zeros(1)
         ax.scatter(i + offsets, runs, s=18, color="0.55", zorder=2, label="runs" if i == 0 else None)
-        ax.errorbar(i, row["mean"], yerr=row["std"], fmt="o", color="C3", capsize=6, markersize=8, zorder=3,
-                    label="mean ± std" if i == 0 else None)
+        ax.errorbar(
+            i,
+            row["mean"],
+            yerr=row["std"],
+            fmt="o",
+            color="C3",
+            capsize=6,
+            markersize=8,
+            zorder=3,
+            label="mean ± std" if i == 0 else None,
+        )
     ax.set_xticks(range(len(results)))
     ax.set_xticklabels(results.index)
     ax.set_xlim(-0.6, len(results) - 0.4)
@@ -274,6 +309,7 @@ def plot_results(results, ax=None, title=None):
 
 def _save(results, folder, title):
     from matplotlib.figure import Figure  # no pyplot: works under any backend, and in threads
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = results.copy()
@@ -284,9 +320,26 @@ def _save(results, folder, title):
     fig.savefig(folder / "results.png", dpi=120)
 
 
-def compare(df, path, methods=("none", "global", "channel"), runs=5, epochs=20, fold=1, fraction=1.0,
-            audio_cfg=None, seed=None, crop_ms=5000, bs=64, sample_rate=16000, arch=xresnet18, lr=None,
-            audio_normalize=True, save_to=None, quiet=False, **dls_kwargs):
+def compare(
+    df,
+    path,
+    methods=("none", "global", "channel"),
+    runs=5,
+    epochs=20,
+    fold=1,
+    fraction=1.0,
+    audio_cfg=None,
+    seed=None,
+    crop_ms=5000,
+    bs=64,
+    sample_rate=16000,
+    arch=xresnet18,
+    lr=None,
+    audio_normalize=True,
+    save_to=None,
+    quiet=False,
+    **dls_kwargs,
+):
     """Train and score each normalization on a dataset: which one suits it?
 
     For each method, DataLoaders are built with `get_dls` (validation fold `fold`; every waveform
@@ -328,8 +381,10 @@ def compare(df, path, methods=("none", "global", "channel"), runs=5, epochs=20, 
     methods = [methods] if isinstance(methods, str) else list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown normalization method(s) {unknown}: the methods are {list(METHODS)} "
-                         "(add others with register_method)")
+        raise ValueError(
+            f"unknown normalization method(s) {unknown}: the methods are {list(METHODS)} "
+            "(add others with register_method)"
+        )
     if not methods or len(set(methods)) != len(methods):
         raise ValueError(f"methods must be distinct and at least one, got {methods}")
     if runs < 1 or epochs < 1:
@@ -341,19 +396,31 @@ def compare(df, path, methods=("none", "global", "channel"), runs=5, epochs=20, 
 
     def dls_with(method_tfms, to_db=audio_cfg.to_db):
         a2s = AudioToSpec.from_cfg(dataclasses.replace(audio_cfg, to_db=to_db))
-        return get_dls(df, path, bs=bs, item_tfms=item_tfms, fold=fold, sample_rate=sample_rate,
-                       crop_signal_to=crop_ms, batch_tfms=[a2s, *method_tfms], **dls_kwargs)
+        return get_dls(
+            df,
+            path,
+            bs=bs,
+            item_tfms=item_tfms,
+            fold=fold,
+            sample_rate=sample_rate,
+            crop_signal_to=crop_ms,
+            batch_tfms=[a2s, *method_tfms],
+            **dls_kwargs,
+        )
 
     if seed is not None:
         set_seed(seed, reproducible=True)
     # The training split in order, every item once, through the same pipeline minus normalization.
-    stats = TrainStats(dls_with([]).train.new(shuffle=False, drop_last=False), fraction, progress=not quiet,
-                       seed=0 if seed is None else seed)
+    stats = TrainStats(
+        dls_with([]).train.new(shuffle=False, drop_last=False),
+        fraction,
+        progress=not quiet,
+        seed=0 if seed is None else seed,
+    )
     accs = {}
     for method in methods:
         dls = dls_with(METHODS[method](stats), to_db=audio_cfg.to_db and method not in LINEAR_METHODS)
-        accs[method] = train_loops(dls, method, num_runs=runs, epochs=epochs, arch=arch, lr=lr, seed=seed,
-                                   quiet=quiet)
+        accs[method] = train_loops(dls, method, num_runs=runs, epochs=epochs, arch=arch, lr=lr, seed=seed, quiet=quiet)
     results = _summary(accs)
     results.attrs["stats"] = stats.as_lists()
     if save_to is not None:

@@ -8,11 +8,12 @@ torch's `var_mean`, which does not cancel on large dB offsets (a constant, silen
 exact zeros), or from a two-pass masked sum; the standard deviation is floored at `eps`. With a
 mask, only the valid positions of a padded batch count, and padded positions come out as zeros.
 """
+
 import torch
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImageBase
 
-__all__ = ["instance_norm", "lengths_to_mask", "InstanceSpecNorm"]
+__all__ = ["InstanceSpecNorm", "instance_norm", "lengths_to_mask"]
 
 
 def _accumulator_dtype(x):
@@ -70,8 +71,9 @@ def instance_norm(x, axes=(2, 3), mask=None, eps=1e-5):
         try:
             mask = mask.expand_as(x)
         except RuntimeError:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the batch "
-                             f"{tuple(x.shape)}") from None
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the batch {tuple(x.shape)}"
+            ) from None
         count = mask.sum(dims, keepdim=True).clamp(min=1)  # a fully masked clip gives zeros, not NaN
         # A float64 sum makes the mean of a constant exactly that constant: silence stays exact zeros.
         total = torch.where(mask, x, 0).sum(dims, keepdim=True, dtype=_accumulator_dtype(x))
@@ -108,6 +110,7 @@ class InstanceSpecNorm(DisplayedTransform):
         >>> type(out).__name__, bool(out[0].mean().abs() < 1e-5), round(out[0].std(correction=0).item(), 4)
         ('AudioSpectrogram', True, 1.0)
     """
+
     order = 60
 
     def __init__(self, axes=(2, 3), eps=1e-5):

@@ -22,6 +22,7 @@ of elementwise operations, which `float32` matmul precision settings (TF32) cann
 channel, log-parameterised as in Wang et al. (the smoothing coefficient is learned too, as in the
 sPCEN of LEAF, Zeghidour et al., 2021).
 """
+
 import math
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImageBase
 
-__all__ = ["pcen_smoothing_coef", "pcen", "PCEN", "TrainablePCEN"]
+__all__ = ["PCEN", "TrainablePCEN", "pcen", "pcen_smoothing_coef"]
 
 _CHUNK = 32  # frames per chunk of the CPU recursion; 16-64 perform alike
 
@@ -49,25 +50,25 @@ def pcen_smoothing_coef(time_constant=0.4, sr=22050, hop_length=512):
     if time_constant <= 0:
         raise ValueError(f"time_constant must be positive (seconds), not {time_constant}")
     t = time_constant * sr / hop_length
-    return (math.sqrt(1 + 4 * t ** 2) - 1) / (2 * t ** 2)
+    return (math.sqrt(1 + 4 * t**2) - 1) / (2 * t**2)
 
 
 def _smooth_chunked(x, b):
     "M[t] = (1 - b) M[t-1] + b x[t], M[-1] = 1, along the last axis: two matrix products."
     a, n = 1 - b, x.shape[-1]
     k = -(-n // _CHUNK)
-    chunks = F.pad(x, (0, k * _CHUNK - n)).unflatten(-1, (k, _CHUNK))   # [..., F, K, L]
+    chunks = F.pad(x, (0, k * _CHUNK - n)).unflatten(-1, (k, _CHUNK))  # [..., F, K, L]
     j = torch.arange(_CHUNK, device=x.device)
     lag = j[:, None] - j[None, :]
     # Within a chunk, from a zero state: M[j] = sum_{i <= j} b a^(j - i) x[i].
-    impulse = torch.where(lag >= 0, b[..., None] * a[..., None] ** lag.clamp(min=0), 0)   # [F, L, L]
+    impulse = torch.where(lag >= 0, b[..., None] * a[..., None] ** lag.clamp(min=0), 0)  # [F, L, L]
     local = chunks @ impulse.transpose(-1, -2)
     # The state entering chunk c is the sum of the chunk ends before it, decayed, plus the initial state.
-    decay = a ** _CHUNK
+    decay = a**_CHUNK
     c = torch.arange(k, device=x.device)
     gap = c[:, None] - c[None, :] - 1
-    carry_matrix = torch.where(gap >= 0, decay[..., None] ** gap.clamp(min=0), 0)             # [F, K, K]
-    carry = (local[..., -1:].transpose(-1, -2) @ carry_matrix.transpose(-1, -2))[..., 0, :] + decay ** c
+    carry_matrix = torch.where(gap >= 0, decay[..., None] ** gap.clamp(min=0), 0)  # [F, K, K]
+    carry = (local[..., -1:].transpose(-1, -2) @ carry_matrix.transpose(-1, -2))[..., 0, :] + decay**c
     out = local + carry[..., None] * a[..., None] ** (j + 1)
     return out.flatten(-2)[..., :n]
 
@@ -77,9 +78,9 @@ def _smooth_scan(x, b):
     a, n = 1 - b, x.shape[-1]
     out, shift = b * x, 1
     while shift < n:
-        out = out + a ** shift * F.pad(out[..., :-shift], (shift, 0))
+        out = out + a**shift * F.pad(out[..., :-shift], (shift, 0))
         shift *= 2
-    return out + a ** torch.arange(1, n + 1, device=x.device)   # decay of the initial state M[-1] = 1
+    return out + a ** torch.arange(1, n + 1, device=x.device)  # decay of the initial state M[-1] = 1
 
 
 def _smooth(x, b):
@@ -91,8 +92,7 @@ def _per_channel(v, x):
     return v.to(x.dtype).reshape(-1, 1) if torch.is_tensor(v) else v
 
 
-def pcen(x, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4, eps=1e-6,
-         b=None, max_size=1):
+def pcen(x, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4, eps=1e-6, b=None, max_size=1):
     """PCEN of a non-negative linear spectrogram `x` `[..., F, T]` (frequency, then time, last).
 
     Arguments are those of `librosa.pcen`; `gain`, `bias`, `power` and `b` may also be per-channel
@@ -106,8 +106,10 @@ def pcen(x, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_const
     low, high = torch.aminmax(x)
     if not ((low >= 0) & torch.isfinite(high)):  # NaN propagates through aminmax
         bad = int((~(torch.isfinite(x) & (x >= 0))).sum())
-        raise ValueError(f"pcen needs a finite, non-negative (linear magnitude or power) spectrogram; the input "
-                         f"of shape {tuple(x.shape)} has {bad} negative, NaN or Inf values")
+        raise ValueError(
+            f"pcen needs a finite, non-negative (linear magnitude or power) spectrogram; the input "
+            f"of shape {tuple(x.shape)} has {bad} negative, NaN or Inf values"
+        )
     if not isinstance(max_size, int) or max_size < 1:
         raise ValueError(f"max_size must be a positive integer, not {max_size}")
     if b is None:
@@ -125,8 +127,8 @@ def pcen(x, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_const
     if not torch.is_tensor(power) and power == 0:
         return torch.log1p(agc)
     if not torch.is_tensor(bias) and bias == 0:
-        return agc ** power
-    return bias ** power * torch.expm1(power * torch.log1p(agc / bias))
+        return agc**power
+    return bias**power * torch.expm1(power * torch.log1p(agc / bias))
 
 
 class PCEN(DisplayedTransform):
@@ -152,10 +154,12 @@ class PCEN(DisplayedTransform):
         >>> type(out).__name__, out.shape, out.to_db, out.pcen
         ('AudioSpectrogram', torch.Size([2, 1, 64, 100]), False, True)
     """
+
     order = 55  # after AudioToSpec (50), before the spectrogram normalizations (60)
 
-    def __init__(self, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4, eps=1e-6,
-                 b=None, max_size=1):
+    def __init__(
+        self, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4, eps=1e-6, b=None, max_size=1
+    ):
         for name, v in dict(gain=gain, bias=bias, power=power).items():
             if v < 0:
                 raise ValueError(f"{name} must be non-negative, not {v}")
@@ -169,12 +173,15 @@ class PCEN(DisplayedTransform):
 
     def encodes(self, x: TensorImageBase):
         if getattr(x, "to_db", False):
-            raise ValueError("PCEN needs a linear spectrogram, but this one is in dB (to_db=True): "
-                             "build it with AudioToSpec(..., to_db=False)")
+            raise ValueError(
+                "PCEN needs a linear spectrogram, but this one is in dB (to_db=True): "
+                "build it with AudioToSpec(..., to_db=False)"
+            )
         sr = getattr(x, "sr", None) or self.sr
         hop_length = getattr(x, "hop_length", None) or self.hop_length
-        out = pcen(x, sr, hop_length, self.gain, self.bias, self.power, self.time_constant, self.eps,
-                   self.b, self.max_size)
+        out = pcen(
+            x, sr, hop_length, self.gain, self.bias, self.power, self.time_constant, self.eps, self.b, self.max_size
+        )
         return type(x)(out, **{**x.__dict__, "to_db": False, "pcen": True})
 
 
@@ -204,8 +211,19 @@ class TrainablePCEN(nn.Module):
         (torch.Size([8, 1, 64, 100]), 256)
     """
 
-    def __init__(self, n_channels, sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4,
-                 eps=1e-6, b=None, learn_smoothing=True):
+    def __init__(
+        self,
+        n_channels,
+        sr=22050,
+        hop_length=512,
+        gain=0.98,
+        bias=2.0,
+        power=0.5,
+        time_constant=0.4,
+        eps=1e-6,
+        b=None,
+        learn_smoothing=True,
+    ):
         super().__init__()
         b = pcen_smoothing_coef(time_constant, sr, hop_length) if b is None else b
         for name, v in dict(gain=gain, bias=bias, power=power, b=b).items():
@@ -220,10 +238,17 @@ class TrainablePCEN(nn.Module):
 
     def forward(self, x):
         if x.ndim < 2 or x.shape[-2] != self.n_channels:
-            raise ValueError(f"TrainablePCEN({self.n_channels}) expects [..., {self.n_channels}, T], "
-                             f"got shape {tuple(x.shape)}")
-        return pcen(x, gain=self.log_gain.exp(), bias=self.log_bias.exp(), power=self.log_power.exp(),
-                    b=self.log_b.exp().clamp(max=1), eps=self.eps)
+            raise ValueError(
+                f"TrainablePCEN({self.n_channels}) expects [..., {self.n_channels}, T], got shape {tuple(x.shape)}"
+            )
+        return pcen(
+            x,
+            gain=self.log_gain.exp(),
+            bias=self.log_bias.exp(),
+            power=self.log_power.exp(),
+            b=self.log_b.exp().clamp(max=1),
+            eps=self.eps,
+        )
 
     def extra_repr(self):
         return f"n_channels={self.n_channels}, eps={self.eps}"

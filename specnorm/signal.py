@@ -6,6 +6,7 @@ Resampling is torchaudio's band-limited windowed-sinc interpolation (Hann window
 per (source rate, target rate, device) and reused for every clip. Cropping and padding follow
 fastaudio's `ResizeSignal`, with the duration in milliseconds.
 """
+
 import random
 from functools import lru_cache
 
@@ -17,7 +18,7 @@ from fastai.vision.augment import RandTransform
 
 from .audio import AudioTensor
 
-__all__ = ["Resample", "DownmixMono", "ResizeSignal", "audio_item_tfms"]
+__all__ = ["DownmixMono", "Resample", "ResizeSignal", "audio_item_tfms"]
 
 
 @lru_cache(maxsize=32)
@@ -39,9 +40,12 @@ class Resample(DisplayedTransform):
         >>> Resample(16000)(AudioTensor(torch.randn(1, 44100), sr=44100)).shape
         torch.Size([1, 16000])
     """
+
     order = 11
 
-    def __init__(self, sr): super().__init__(); self.sr = int(sr)
+    def __init__(self, sr):
+        super().__init__()
+        self.sr = int(sr)
 
     def encodes(self, x: AudioTensor):
         if x.sr == self.sr:
@@ -58,6 +62,7 @@ class DownmixMono(DisplayedTransform):
         >>> DownmixMono()(AudioTensor(torch.stack([torch.ones(4), -torch.ones(4)]), sr=8000))
         AudioTensor([[0., 0., 0., 0.]])
     """
+
     order = 10
 
     def encodes(self, x: AudioTensor):
@@ -84,6 +89,7 @@ class ResizeSignal(RandTransform):
         >>> ResizeSignal(500)(AudioTensor(torch.randn(1, 16000), sr=16000)).shape
         torch.Size([1, 8000])
     """
+
     split_idx, order = None, 12
     pad_modes = ("zeros", "zeros_after", "repeat")
 
@@ -105,14 +111,15 @@ class ResizeSignal(RandTransform):
             raise ValueError(f"ResizeSignal: got an empty signal of shape {tuple(x.shape)}")
         if length > n:
             start = random.randint(0, length - n) if self.training else 0
-            return x[..., start:start + n]
+            return x[..., start : start + n]
         missing = n - length
         if missing == 0:
             return x
         if self.pad_mode == "repeat":
             return x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n]
-        before = 0 if self.pad_mode == "zeros_after" else (
-            random.randint(0, missing) if self.training else missing // 2)
+        before = (
+            0 if self.pad_mode == "zeros_after" else (random.randint(0, missing) if self.training else missing // 2)
+        )
         return F.pad(x, (before, missing - before))
 
 

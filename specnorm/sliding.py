@@ -42,6 +42,7 @@ cumulative sum taken at the windows' edges; when the edges fall on multiples of 
 clips), float32 sums over blocks of `g` samples feed it. The interpolation between the RMS values is
 written one hop at a time (a broadcast, no gather), and the division happens block by block.
 """
+
 import functools
 import math
 from typing import NamedTuple
@@ -53,7 +54,7 @@ from fastai.torch_core import TensorImageBase
 from .audio import AudioTensor
 from .instance import _accumulator_dtype, _raise_if_not_finite
 
-__all__ = ["window_bounds", "sliding_norm", "SlidingSpecNorm", "short_time_rms", "ShortTimeAudioNormalize"]
+__all__ = ["ShortTimeAudioNormalize", "SlidingSpecNorm", "short_time_rms", "sliding_norm", "window_bounds"]
 
 
 def window_bounds(n_frames, window, center=True, min_window=100, device=None):
@@ -71,13 +72,13 @@ def window_bounds(n_frames, window, center=True, min_window=100, device=None):
     if center:
         start = t - window // 2
         end = start + window
-        end = end - start.clamp(max=0)           # shift right to start at frame 0
+        end = end - start.clamp(max=0)  # shift right to start at frame 0
     else:
         start = t - window
         end = torch.clamp(t + 1, min=min_window)  # at the start: look ahead to min_window frames
     start = start.clamp(min=0)
     overflow = (end - n_frames).clamp(min=0)
-    return (start - overflow).clamp(min=0), end - overflow   # shift left to end at the last frame
+    return (start - overflow).clamp(min=0), end - overflow  # shift left to end at the last frame
 
 
 class _Windows(NamedTuple):
@@ -88,9 +89,10 @@ class _Windows(NamedTuple):
     advances by 0 or 1 frame: the frames `enter` come in one per window from window `grow_at` on,
     the frames `leave` go out one per window from window `shrink_at` on. `of` checks this shape.
     """
+
     count: torch.Tensor  # frames in each window, CPU int64 [K]
     lead: int
-    first: slice         # window 0
+    first: slice  # window 0
     enter: slice
     leave: slice
     grow_at: int
@@ -109,12 +111,16 @@ class _Windows(NamedTuple):
         grows, shrinks = ends.diff().nonzero().flatten() + 1, starts.diff().nonzero().flatten() + 1
         s0, e0, s1, e1 = (int(i) for i in (starts[0], ends[0], starts[-1], ends[-1]))
         runs = all(len(i) == 0 or int(i[-1] - i[0]) + 1 == len(i) for i in (grows, shrinks))
-        if lead + k > n or int(moves[lead + 1:lead + k].sum()) != k - 1 or not runs \
-                or e1 - e0 != len(grows) or s1 - s0 != len(shrinks):
+        if (
+            lead + k > n
+            or int(moves[lead + 1 : lead + k].sum()) != k - 1
+            or not runs
+            or e1 - e0 != len(grows)
+            or s1 - s0 != len(shrinks)
+        ):
             raise RuntimeError(f"windows {start.tolist()}, {end.tolist()} do not slide one frame at a time")
         at = lambda steps: int(steps[0]) if len(steps) else k
-        return cls(ends - starts, lead, slice(s0, e0), slice(e0, e1),
-                   slice(s0, s1), at(grows), at(shrinks))
+        return cls(ends - starts, lead, slice(s0, e0), slice(e0, e1), slice(s0, s1), at(grows), at(shrinks))
 
 
 @functools.lru_cache(maxsize=16)
@@ -133,7 +139,9 @@ def _hop_windows(n, window, hop):
 
 
 def _window_sums(v, windows, sums):
-    """Sums of `v` along its last axis over `windows` into `sums` (`v`'s dtype, `[1, ..., K]`; `[2, ..., K]` adds squares).
+    """Sums of `v` along its last axis over `windows` into `sums`.
+
+    `sums` has `v`'s dtype, `[1, ..., K]`; `[2, ..., K]` adds squares.
 
     The first window is summed directly; every next window adds the frame that enters and removes the
     one that leaves, and one cumulative sum over the windows accumulates these steps. The frames that
@@ -157,9 +165,9 @@ def _window_sums(v, windows, sums):
         sums[..., 1:].zero_()
         grow = slice(windows.grow_at, windows.grow_at + enter.shape[-1])
         shrink = slice(windows.shrink_at, windows.shrink_at + leave.shape[-1])
-        for p, power in enumerate((enter, enter * enter)[:len(sums)]):
+        for p, power in enumerate((enter, enter * enter)[: len(sums)]):
             sums[p, ..., grow] += power
-        for p, power in enumerate((leave, leave * leave)[:len(sums)]):
+        for p, power in enumerate((leave, leave * leave)[: len(sums)]):
             sums[p, ..., shrink] -= power
     return sums.cumsum_(-1)
 
@@ -168,11 +176,11 @@ def _per_frame(op, frames, values, lead):
     "`op(frames, values)` in place, value `k` on frame `lead + k`; the frames before or after all take the edge values."
     k = values.shape[-1]
     op(frames[..., :lead], values[..., :1])
-    op(frames[..., lead:lead + k], values)
-    op(frames[..., lead + k:], values[..., -1:])
+    op(frames[..., lead : lead + k], values)
+    op(frames[..., lead + k :], values[..., -1:])
 
 
-_BLOCK = 2 ** 22  # bytes of scratch per block of rows (4 MiB): stays in cache; buffers are allocated once per call
+_BLOCK = 2**22  # bytes of scratch per block of rows (4 MiB): stays in cache; buffers are allocated once per call
 
 
 def _row_blocks(n_rows, n_cols, device, dtype):
@@ -209,12 +217,12 @@ def sliding_norm(x, window=300, center=True, norm_vars=False, min_window=100, ep
     for b in blocks:
         # any per-row shift leaves the result unchanged; this one keeps the sums small
         z = torch.sub(rows[b], rows[b].mean(-1, keepdim=True, dtype=work), out=out[b])
-        zs = z if acc == work else acc_buffer[:len(z)].copy_(z)
-        sums = _window_sums(zs, windows, sums_buffer[:, :len(z)]).div_(count)
+        zs = z if acc == work else acc_buffer[: len(z)].copy_(z)
+        sums = _window_sums(zs, windows, sums_buffer[:, : len(z)]).div_(count)
         last.append(sums[0, :, -1].clone())  # the last window's running sum saw every frame
         if norm_vars:
             sums[1].addcmul_(sums[0], sums[0], value=-1)  # E[z^2] - E[z]^2
-        stats = sums if acc == work else stats_buffer[:, :len(z)].copy_(sums)
+        stats = sums if acc == work else stats_buffer[:, : len(z)].copy_(sums)
         _per_frame(torch.Tensor.sub_, z, stats[0], windows.lead)
         if norm_vars:
             scale = stats[1].clamp_(min=eps * eps).rsqrt_()  # 1 / max(std, eps)
@@ -250,6 +258,7 @@ class SlidingSpecNorm(DisplayedTransform):
         >>> type(out).__name__, out.shape
         ('AudioSpectrogram', torch.Size([2, 1, 64, 500]))
     """
+
     order = 60
 
     def __init__(self, window=300, center=True, norm_vars=False, min_window=100, eps=1e-5):
@@ -289,14 +298,14 @@ def _interpolate(env, values, hop):
     slopes = values.diff(dim=-1)
     if full:  # one broadcast multiply-add per hop (torch.lerp broadcasts four times slower)
         weight = torch.arange(hop, device=env.device, dtype=env.dtype) / hop
-        hops = env[..., :full * hop].view(-1, full, hop)
+        hops = env[..., : full * hop].view(-1, full, hop)
         torch.mul(slopes[..., :full, None], weight, out=hops).add_(values[..., :full, None])
     rest = n - full * hop  # samples from node `full` to the end
     if rest > 1:
         weight = torch.arange(rest, device=env.device, dtype=env.dtype) / (rest - 1)
-        torch.mul(slopes[..., full:full + 1], weight, out=env[..., full * hop:]).add_(values[..., full:full + 1])
+        torch.mul(slopes[..., full : full + 1], weight, out=env[..., full * hop :]).add_(values[..., full : full + 1])
     else:
-        env[..., full * hop:] = values[..., full:full + 1]
+        env[..., full * hop :] = values[..., full : full + 1]
 
 
 def _short_time_rms(x, window, hop, who, floor=None):
@@ -321,8 +330,8 @@ def _short_time_rms(x, window, hop, who, floor=None):
     totals = []
     for b in blocks:
         if hop is None:
-            power = power_buffer[:len(rows[b])].copy_(rows[b]).square_()  # float64: exact squares, and so their sums
-            sums = _window_sums(power, windows, sums_buffer[:, :len(power)])[0]
+            power = power_buffer[: len(rows[b])].copy_(rows[b]).square_()  # float64: exact squares, and so their sums
+            sums = _window_sums(power, windows, sums_buffer[:, : len(power)])[0]
             totals.append(sums[..., -1].clone())  # the last window's running sum saw every sample
             _per_frame(torch.Tensor.copy_, env[b], sums.div_(count).clamp_(min=0).sqrt_(), windows.lead)
         else:
@@ -371,6 +380,7 @@ class ShortTimeAudioNormalize(DisplayedTransform):
         >>> [round(float(out[0, s].pow(2).mean().sqrt()), 2) for s in (slice(1000, 6000), slice(10000, 15000))]
         [1.0, 1.0]
     """
+
     order = 45  # on waveforms: after the item transforms, before AudioToSpec (50)
 
     def __init__(self, window_s, hop_s=None, floor=1e-4):

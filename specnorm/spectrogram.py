@@ -4,6 +4,7 @@ They wrap torchaudio's `Spectrogram`, `MelSpectrogram`, `AmplitudeToDB` and `MFC
 item `[C, T]` or, as fastai batch transforms, on a batch `[B, C, T]` on whatever device it is on:
 computing spectrograms on GPU batches instead of precomputing images is the point (fastaudio's design).
 """
+
 from dataclasses import fields
 
 import torch
@@ -13,7 +14,7 @@ from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
 
-__all__ = ["AudioToSpec", "AudioToMFCC"]
+__all__ = ["AudioToMFCC", "AudioToSpec"]
 
 
 def _stft_meta(stft):
@@ -40,6 +41,7 @@ class AudioToSpec(DisplayedTransform):
         >>> a2s(AudioTensor(torch.randn(1, 80000), sr=16000)).shape
         torch.Size([1, 201, 401])
     """
+
     order = 50
 
     def __init__(self, mel=False, to_db=True, top_db=None, **settings):
@@ -73,8 +75,10 @@ class AudioToSpec(DisplayedTransform):
             raise ValueError(f"{type(self).__name__}: got an empty signal of shape {tuple(x.shape)}")
         expected = self.settings.get("sample_rate", 16000)
         if self.mel and x.sr != expected:
-            raise ValueError(f"{type(self).__name__} is set for sample_rate={expected} but the audio is at "
-                             f"{x.sr} Hz: add Resample({expected}) to the item transforms or change sample_rate")
+            raise ValueError(
+                f"{type(self).__name__} is set for sample_rate={expected} but the audio is at "
+                f"{x.sr} Hz: add Resample({expected}) to the item transforms or change sample_rate"
+            )
 
     def encodes(self, x: AudioTensor):
         self._check_input(x)
@@ -108,6 +112,7 @@ class AudioToMFCC(AudioToSpec):
 
     def _build(self):
         mfcc = T.MFCC(**self.settings)
-        self.meta = dict(_stft_meta(mfcc.MelSpectrogram.spectrogram), mel=False, to_db=False, mfcc=True,
-                         n_mfcc=mfcc.n_mfcc)
+        self.meta = dict(
+            _stft_meta(mfcc.MelSpectrogram.spectrogram), mel=False, to_db=False, mfcc=True, n_mfcc=mfcc.n_mfcc
+        )
         return mfcc

@@ -20,6 +20,7 @@ queues kernels. NaN/Inf values are therefore counted on the device, batch by bat
 raised when statistics are next read (`mean`, `std`, `var`, `state_dict`, `save`, `merge`,
 `all_reduce`), not inside `update`. `nan_policy='omit'` leaves non-finite values out of every count.
 """
+
 import copy
 import hashlib
 import json
@@ -140,8 +141,10 @@ class StatsRecorder:
         self._bad = None  # int64 [first batch with NaN/Inf or -1, its NaN/Inf count, NaN/Inf count of all batches]
 
     def __repr__(self):
-        return (f"StatsRecorder(red_dims={self.red_dims}, correction={self.correction}, nan_policy={self.nan_policy!r},"
-                f" nbatches={self.nbatches}, nobservations={self.nobservations})")
+        return (
+            f"StatsRecorder(red_dims={self.red_dims}, correction={self.correction}, nan_policy={self.nan_policy!r},"
+            f" nbatches={self.nbatches}, nobservations={self.nobservations})"
+        )
 
     # -- folding in data ------------------------------------------------------------------------
     @torch.no_grad()
@@ -154,8 +157,10 @@ class StatsRecorder:
             meta = {k: _plain(v) for k, v in getattr(x, "__dict__", {}).items() if k in _SETTINGS}
             self.settings = {k: v for k, v in meta.items() if isinstance(v, (bool, int, float, str, type(None)))}
         elif x.ndim != len(self.batch_shape) or _stat_shape(x.shape, self.red_dims) != self._shape:
-            raise ValueError(f"batch {self.nbatches} of shape {tuple(x.shape)} does not fit the earlier batches of "
-                             f"shape {tuple(self.batch_shape)}: only red_dims {self.red_dims} may differ")
+            raise ValueError(
+                f"batch {self.nbatches} of shape {tuple(x.shape)} does not fit the earlier batches of "
+                f"shape {tuple(self.batch_shape)}: only red_dims {self.red_dims} may differ"
+            )
         if x.numel() == 0:
             raise ValueError(f"batch {self.nbatches} of shape {tuple(x.shape)} is empty")
         x = x.as_subclass(torch.Tensor)
@@ -170,8 +175,9 @@ class StatsRecorder:
             except RuntimeError:
                 fits = False
             if not fits:
-                raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the batch's shape "
-                                 f"{tuple(x.shape)}")
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not broadcast to the batch's shape {tuple(x.shape)}"
+                )
         batch, nonfinite = self._reduce(x, mask)
         if self._state is None:
             self.batch_shape, self._state = tuple(x.shape), batch
@@ -180,8 +186,13 @@ class StatsRecorder:
             self._state = _chan(self._state, tuple(t.to(self.device) for t in batch))
         nonfinite = nonfinite.to(self.device)
         first = (self._bad[0] < 0) & (nonfinite > 0)
-        self._bad = torch.stack([torch.where(first, self.nbatches, self._bad[0]),
-                                 torch.where(first, nonfinite, self._bad[1]), self._bad[2] + nonfinite])
+        self._bad = torch.stack(
+            [
+                torch.where(first, self.nbatches, self._bad[0]),
+                torch.where(first, nonfinite, self._bad[1]),
+                self._bad[2] + nonfinite,
+            ]
+        )
         self.nbatches += 1
         self.nobservations += x.shape[0]
         return self
@@ -212,9 +223,12 @@ class StatsRecorder:
 
     # -- reading statistics ---------------------------------------------------------------------
     @property
-    def _shape(self): return _stat_shape(self.batch_shape, self.red_dims)
+    def _shape(self):
+        return _stat_shape(self.batch_shape, self.red_dims)
+
     @property
-    def device(self): return None if self._state is None else self._state[0].device
+    def device(self):
+        return None if self._state is None else self._state[0].device
 
     def _check(self):
         "Raise for a recorder without data, or one that saw NaN/Inf under nan_policy='raise' (a host sync)."
@@ -223,25 +237,34 @@ class StatsRecorder:
         if self.nan_policy == "raise":
             first, n_first, total = self._bad.tolist()
             if total:
-                raise ValueError(f"batch {first} (counting from 0) holds {n_first} NaN or Inf values ({total} in the "
-                                 f"{self.nbatches} batches seen): clean the data, or use nan_policy='omit' to leave "
-                                 "them out")
+                raise ValueError(
+                    f"batch {first} (counting from 0) holds {n_first} NaN or Inf values ({total} in the "
+                    f"{self.nbatches} batches seen): clean the data, or use nan_policy='omit' to leave "
+                    "them out"
+                )
 
     def _var64(self):
         self._check()
         count, mean, m2 = self._state
         dof = count - self.correction
         if (dof <= 0).any():
-            raise ValueError(f"{int((dof <= 0).sum())} of the {count.numel()} statistics have "
-                             f"{int(count.min())} elements, too few for correction={self.correction} (all masked?)")
+            raise ValueError(
+                f"{int((dof <= 0).sum())} of the {count.numel()} statistics have "
+                f"{int(count.min())} elements, too few for correction={self.correction} (all masked?)"
+            )
         return mean, m2 / dof
 
     @property
-    def mean(self): return self._var64()[0].float()
+    def mean(self):
+        return self._var64()[0].float()
+
     @property
-    def var(self): return self._var64()[1].float()
+    def var(self):
+        return self._var64()[1].float()
+
     @property
-    def std(self): return self._var64()[1].sqrt().float()
+    def std(self):
+        return self._var64()[1].sqrt().float()
 
     @property
     def count(self):
@@ -250,7 +273,8 @@ class StatsRecorder:
         return self._state[0].long()
 
     @property
-    def omitted(self): return 0 if self._bad is None else int(self._bad[2])
+    def omitted(self):
+        return 0 if self._bad is None else int(self._bad[2])
 
     # -- merging ----------------------------------------------------------------------------------
     def merge(self, other):
@@ -269,8 +293,10 @@ class StatsRecorder:
             return self
         self._check()
         if self._shape != other._shape:
-            raise ValueError(f"cannot merge statistics of shape {self._shape} (batches {self.batch_shape}) with "
-                             f"statistics of shape {other._shape} (batches {other.batch_shape})")
+            raise ValueError(
+                f"cannot merge statistics of shape {self._shape} (batches {self.batch_shape}) with "
+                f"statistics of shape {other._shape} (batches {other.batch_shape})"
+            )
         self._state = _chan(self._state, tuple(t.to(self.device) for t in other._state))
         self._bad = torch.cat([self._bad[:2], self._bad[2:] + other._bad[2:].to(self.device)])  # omitted counts add
         self.nbatches += other.nbatches
@@ -292,14 +318,19 @@ class StatsRecorder:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("all_reduce needs torch.distributed: call torch.distributed.init_process_group first")
         world = dist.get_world_size(group)
-        device = self.device or (torch.device("cuda", torch.cuda.current_device())
-                                 if dist.get_backend(group) == "nccl" else torch.device("cpu"))
+        device = self.device or (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend(group) == "nccl"
+            else torch.device("cpu")
+        )
         shape = list(self.batch_shape or [])
         if len(shape) > _MAX_DIMS:
             raise ValueError(f"all_reduce handles batches of up to {_MAX_DIMS} dims, not {len(shape)}")
         bad = self._bad.tolist() if self._bad is not None else [-1, 0, 0]
-        header = torch.tensor([len(shape), *shape, *[0] * (_MAX_DIMS - len(shape)), self.nobservations,
-                               self.nbatches, *bad], device=device)
+        header = torch.tensor(
+            [len(shape), *shape, *[0] * (_MAX_DIMS - len(shape)), self.nobservations, self.nbatches, *bad],
+            device=device,
+        )
         headers = [torch.empty_like(header) for _ in range(world)]
         dist.all_gather(headers, header, group=group)
         headers = torch.stack(headers).tolist()
@@ -307,20 +338,25 @@ class StatsRecorder:
         ranks = [r for r, h in enumerate(headers) if h[0] and h[_MAX_DIMS + 2]]
         if not ranks:
             raise RuntimeError("all_reduce: no process has seen any data")
-        shapes = {r: tuple(headers[r][1:1 + headers[r][0]]) for r in ranks}
+        shapes = {r: tuple(headers[r][1 : 1 + headers[r][0]]) for r in ranks}
         dims = _resolve(self.red_dims, shapes[ranks[0]])
         stat_shapes = {r: _stat_shape(s, dims) for r, s in shapes.items()}
         if len(set(stat_shapes.values())) > 1:
-            raise ValueError(f"all_reduce: the ranks' batch shapes do not fit each other on dims outside {dims}: "
-                             f"{shapes}")
+            raise ValueError(
+                f"all_reduce: the ranks' batch shapes do not fit each other on dims outside {dims}: {shapes}"
+            )
         if self.nan_policy == "raise":
             for r, h in enumerate(headers):
                 if h[-1]:
-                    raise ValueError(f"all_reduce: rank {r}'s batch {h[-3]} holds {h[-2]} NaN or Inf values "
-                                     f"({h[-1]} on that rank)")
+                    raise ValueError(
+                        f"all_reduce: rank {r}'s batch {h[-3]} holds {h[-2]} NaN or Inf values ({h[-1]} on that rank)"
+                    )
         stat_shape = stat_shapes[ranks[0]]
-        local = (torch.stack(self._state) if self._state is not None
-                 else torch.zeros(3, *stat_shape, dtype=torch.float64, device=device))
+        local = (
+            torch.stack(self._state)
+            if self._state is not None
+            else torch.zeros(3, *stat_shape, dtype=torch.float64, device=device)
+        )
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=group)
         state = tuple(gathered[0])
@@ -337,14 +373,33 @@ class StatsRecorder:
         "Statistics (float64 `count`, `mean`, `m2`) and settings, for `load_state_dict`."
         self._check()
         count, mean, m2 = (t.clone() for t in self._state)
-        return dict(count=count, mean=mean, m2=m2, red_dims=list(self.red_dims), correction=self.correction,
-                    nan_policy=self.nan_policy, nobservations=self.nobservations, nbatches=self.nbatches,
-                    batch_shape=list(self.batch_shape), settings=dict(self.settings), omitted=self.omitted)
+        return dict(
+            count=count,
+            mean=mean,
+            m2=m2,
+            red_dims=list(self.red_dims),
+            correction=self.correction,
+            nan_policy=self.nan_policy,
+            nobservations=self.nobservations,
+            nbatches=self.nbatches,
+            batch_shape=list(self.batch_shape),
+            settings=dict(self.settings),
+            omitted=self.omitted,
+        )
 
     def load_state_dict(self, state):
         "Restore a `state_dict`, after checking its keys, shapes, dtypes and values."
-        keys = ("count", "mean", "m2", "red_dims", "correction", "nan_policy", "nobservations", "nbatches",
-                "batch_shape")
+        keys = (
+            "count",
+            "mean",
+            "m2",
+            "red_dims",
+            "correction",
+            "nan_policy",
+            "nobservations",
+            "nbatches",
+            "batch_shape",
+        )
         missing = [k for k in keys if k not in state]
         if missing:
             raise ValueError(f"StatsRecorder state lacks {', '.join(missing)}")
@@ -358,8 +413,10 @@ class StatsRecorder:
             t = state[k]
             if not isinstance(t, torch.Tensor) or t.dtype != torch.float64 or tuple(t.shape) != shape:
                 got = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"StatsRecorder state: {k!r} must be a float64 tensor of shape {shape} "
-                                 f"(batches {tuple(batch_shape)} reduced over {dims}), got a {got}")
+                raise ValueError(
+                    f"StatsRecorder state: {k!r} must be a float64 tensor of shape {shape} "
+                    f"(batches {tuple(batch_shape)} reduced over {dims}), got a {got}"
+                )
         count, mean, m2 = state["count"], state["mean"], state["m2"]
         if not (count.isfinite().all() and (count >= 0).all() and (count == count.round()).all()):
             raise ValueError("StatsRecorder state: 'count' must hold non-negative whole numbers")
@@ -398,15 +455,17 @@ class StatsRecorder:
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a StatsRecorder file: its format is {meta.get('format')!r}, "
-                             f"not {_FORMAT!r}")
+            raise ValueError(
+                f"{path} is not a StatsRecorder file: its format is {meta.get('format')!r}, not {_FORMAT!r}"
+            )
         try:
             state = json.loads(meta["config"])
         except (KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: the settings metadata is missing or is not JSON ({e})") from e
         if not isinstance(state, dict) or state.pop("sha256", None) != _digest(tensors):
-            raise ValueError(f"{path}: the statistics do not match their SHA-256 checksum: the file was modified "
-                             "or corrupted")
+            raise ValueError(
+                f"{path}: the statistics do not match their SHA-256 checksum: the file was modified or corrupted"
+            )
         state.update({k: t.to(device) for k, t in tensors.items()})
         return cls().load_state_dict(state)
 
@@ -421,6 +480,7 @@ class StatsRecorder:
     def plot(self, ax=None, figsize=(6, 3)):
         "Per-channel statistics: mean with a +-std band over frequency (Hz when known); global ones: the two numbers."
         import matplotlib.pyplot as plt
+
         mean, std = self.mean.cpu().numpy(), self.std.cpu().numpy()
         ax = ax if ax is not None else plt.subplots(figsize=figsize)[1]
         unit = " (dB)" if self.settings.get("to_db") else ""
@@ -451,8 +511,9 @@ def _subset(dl, fraction, seed):
         # A loader over the chosen items only, in order: the others are never loaded or transformed,
         # and none is dropped (a training loader would shuffle and drop its last partial batch).
         idxs = sorted(rng.sample(range(dl.n), max(1, round(min(fraction, 1) * dl.n))))
-        sub = FastaiDataLoader.new(dl, get_idxs=lambda: idxs, n=len(idxs), shuffle=False, drop_last=False,
-                                   do_setup=False)
+        sub = FastaiDataLoader.new(
+            dl, get_idxs=lambda: idxs, n=len(idxs), shuffle=False, drop_last=False, do_setup=False
+        )
         return sub, len(sub)
     if fraction >= 1:
         return dl, n
@@ -463,8 +524,7 @@ def _subset(dl, fraction, seed):
 
 
 @torch.no_grad()
-def compute_stats(dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches=None, progress=True, seed=0,
-                  **kwargs):
+def compute_stats(dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches=None, progress=True, seed=0, **kwargs):
     """One pass over `dl` (batch transforms applied) feeding one `StatsRecorder` per entry of `red_dims`.
 
     Args:

@@ -12,6 +12,7 @@ length, and sits on coloured background noise (spectral slope between pink and b
 frequencies carry far more energy than high ones) at a random signal-to-noise ratio. Every clip is
 generated from its own seed `(seed, class, clip)`, so a dataset is identical from one call to the next.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,14 @@ SYNTH_CLASSES = (
     ("harmonic_700", "harmonic", dict(freq=700.0)),
 )
 N_FOLDS = 5
-GAIN_RANGE_DB = (-40.0, 0.0)     # event peak, relative to PEAK
-SNR_RANGE_DB = (-10.0, 20.0)     # event RMS over background RMS
-DISTRACTOR_PROB = 0.5            # chance that a quieter event of another class overlaps the clip
+GAIN_RANGE_DB = (-40.0, 0.0)  # event peak, relative to PEAK
+SNR_RANGE_DB = (-10.0, 20.0)  # event RMS over background RMS
+DISTRACTOR_PROB = 0.5  # chance that a quieter event of another class overlaps the clip
 DISTRACTOR_LEVEL_DB = (-30.0, -10.0)  # its peak relative to the event's
-NOISE_SLOPE_RANGE = (1.0, 2.0)   # background power ~ 1 / f**slope: 1 is pink, 2 is brown
-PEAK = 0.7                       # peak of the loudest events: headroom for the background
-JITTER = 0.03                    # relative spread of each class's frequency or rate
-MAX_FREQ = 7500.0                # harmonics stop below this frequency
+NOISE_SLOPE_RANGE = (1.0, 2.0)  # background power ~ 1 / f**slope: 1 is pink, 2 is brown
+PEAK = 0.7  # peak of the loudest events: headroom for the background
+JITTER = 0.03  # relative spread of each class's frequency or rate
+MAX_FREQ = 7500.0  # harmonics stop below this frequency
 
 
 def _shaped_noise(rng, n, sr, weight):
@@ -52,7 +53,7 @@ def _shaped_noise(rng, n, sr, weight):
     freqs = np.fft.rfftfreq(n_fft, 1 / sr)
     spectrum = np.fft.rfft(rng.standard_normal(n_fft)) * weight(freqs)
     x = np.fft.irfft(spectrum, n_fft)[:n]
-    return x / max(np.sqrt(np.mean(x ** 2)), 1e-12)
+    return x / max(np.sqrt(np.mean(x**2)), 1e-12)
 
 
 def _event(kind, params, rng, n, sr):
@@ -102,7 +103,7 @@ def _placed_event(kind, params, rng, n, sr, peak):
     if fade:
         ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
         event[:fade] *= ramp
-        event[length - fade:] *= ramp[::-1]
+        event[length - fade :] *= ramp[::-1]
     return onset, event * (peak / max(np.abs(event).max(), 1e-12))
 
 
@@ -111,17 +112,19 @@ def _clip(target, n_classes, rng, n, sr):
     _, kind, params = SYNTH_CLASSES[target]
     peak = PEAK * 10 ** (rng.uniform(*GAIN_RANGE_DB) / 20)
     onset, event = _placed_event(kind, params, rng, n, sr, peak)
-    event_rms = np.sqrt(np.mean(event ** 2))
+    event_rms = np.sqrt(np.mean(event**2))
     slope = rng.uniform(*NOISE_SLOPE_RANGE)
     # Amplitude ~ f ** (-slope / 2) above 20 Hz; nothing below, so the clip has no DC drift.
     background = _shaped_noise(rng, n, sr, lambda f: np.where(f >= 20, np.maximum(f, 20) ** (-slope / 2), 0.0))
     x = background * event_rms / 10 ** (rng.uniform(*SNR_RANGE_DB) / 20)
-    x[onset:onset + len(event)] += event
+    x[onset : onset + len(event)] += event
     if n_classes > 1 and rng.uniform() < DISTRACTOR_PROB:
         other = (target + rng.integers(1, n_classes)) % n_classes
         _, kind, params = SYNTH_CLASSES[other]
-        onset, distractor = _placed_event(kind, params, rng, n, sr, peak * 10 ** (rng.uniform(*DISTRACTOR_LEVEL_DB) / 20))
-        x[onset:onset + len(distractor)] += distractor
+        onset, distractor = _placed_event(
+            kind, params, rng, n, sr, peak * 10 ** (rng.uniform(*DISTRACTOR_LEVEL_DB) / 20)
+        )
+        x[onset : onset + len(distractor)] += distractor
     peak = np.abs(x).max()
     return x if peak <= 0.99 else x * (0.99 / peak)
 
@@ -156,7 +159,7 @@ def make_synthetic_dataset(root, n_classes=10, clips_per_class=40, seconds=5.0, 
         raise ValueError(f"clips_per_class must be at least {N_FOLDS} (one per fold), got {clips_per_class}")
     if sr < 16000:
         raise ValueError(f"sr must be at least 16000 Hz so every class fits below Nyquist, got {sr}")
-    n = int(round(seconds * sr))
+    n = round(seconds * sr)
     if n < 1:
         raise ValueError(f"seconds={seconds} at sr={sr} gives no samples")
     root = Path(root)
@@ -169,10 +172,20 @@ def make_synthetic_dataset(root, n_classes=10, clips_per_class=40, seconds=5.0, 
             fold = i % N_FOLDS + 1
             src_file = target * clips_per_class + i
             filename = f"{fold}-{src_file}-A-{target}.wav"
-            sf.write(root / "audio" / filename, _clip(target, n_classes, rng, n, sr).astype(np.float32), sr,
-                     subtype="PCM_16")
-            rows.append(dict(filename=filename, fold=fold, target=target, category=category, esc10=False,
-                             src_file=src_file, take="A"))
+            sf.write(
+                root / "audio" / filename, _clip(target, n_classes, rng, n, sr).astype(np.float32), sr, subtype="PCM_16"
+            )
+            rows.append(
+                dict(
+                    filename=filename,
+                    fold=fold,
+                    target=target,
+                    category=category,
+                    esc10=False,
+                    src_file=src_file,
+                    take="A",
+                )
+            )
     df = pd.DataFrame(rows)
     df.to_csv(root / "meta" / "esc50.csv", index=False)
     return df

@@ -1,4 +1,5 @@
 """Shared fixtures: the devices to test on, and synthetic audio written to `tmp_path`."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +17,7 @@ def device(request):
 
 def tone(freq, sr=16000, seconds=1.0, amplitude=0.5, channels=1, phase=0.0):
     "A sine at `freq` Hz as float32 `[channels, samples]`."
-    t = np.arange(int(round(sr * seconds))) / sr
+    t = np.arange(round(sr * seconds)) / sr
     x = amplitude * np.sin(2 * np.pi * freq * t + phase)
     return np.repeat(x[None], channels, 0).astype(np.float32)
 
@@ -41,8 +42,9 @@ def make_esc50_like(root, n_per_class=4, n_classes=4, sr=44100, seconds=1.0, fol
             fn = f"{folds[(k * n_per_class + i) % len(folds)]}-{k}-{i}.wav"
             x = tone(300 * (k + 1), sr, seconds, amplitude=0.3) + 0.01 * rng.standard_normal((1, int(sr * seconds)))
             write_audio(root / "audio" / fn, x.astype(np.float32), sr)
-            rows.append(dict(filename=fn, fold=folds[(k * n_per_class + i) % len(folds)], target=k,
-                             category=f"class{k}"))
+            rows.append(
+                dict(filename=fn, fold=folds[(k * n_per_class + i) % len(folds)], target=k, category=f"class{k}")
+            )
     df = pd.DataFrame(rows)
     df.to_csv(root / "meta" / "esc50.csv", index=False)
     return df

@@ -1,18 +1,21 @@
 """AudioTensor and AudioSpectrogram: file I/O, metadata, plots, and bad files."""
+
 import matplotlib
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import tone, write_audio
+
 from specnorm.audio import AudioSpectrogram, AudioTensor
 
 matplotlib.use("Agg")
 
 
-@pytest.mark.parametrize("ext,subtype,atol", [("wav", "FLOAT", 0), ("wav", "PCM_16", 1 / 32768),
-                                              ("flac", "PCM_16", 1 / 32768), ("ogg", "VORBIS", 0.05)])
+@pytest.mark.parametrize(
+    "ext,subtype,atol",
+    [("wav", "FLOAT", 0), ("wav", "PCM_16", 1 / 32768), ("flac", "PCM_16", 1 / 32768), ("ogg", "VORBIS", 0.05)],
+)
 def test_create_reads_formats_as_float32_channels_first(tmp_path, ext, subtype, atol):
     data = np.concatenate([tone(440, 22050, 0.5), tone(880, 22050, 0.5, amplitude=0.25)])
     fn = tmp_path / f"clip.{ext}"
@@ -52,16 +55,17 @@ def test_spectrogram_properties_and_show_axes():
     assert spec.frequencies()[-1] == 8000
     ax = spec.show()
     assert ax.get_xlim() == (0, 5.0)
-    assert ax.figure.axes[-1].get_ylabel() == "dB"          # the colorbar
+    assert ax.figure.axes[-1].get_ylabel() == "dB"  # the colorbar
     assert ax.get_yticklabels()[-1].get_text() == "8000"
 
 
 def test_mel_rows_are_labelled_with_mel_frequencies():
-    spec = AudioSpectrogram(torch.randn(1, 64, 10), sr=16000, hop_length=160, mel=True, to_db=False,
-                            n_mels=64, f_min=0.0, f_max=None)
+    spec = AudioSpectrogram(
+        torch.randn(1, 64, 10), sr=16000, hop_length=160, mel=True, to_db=False, n_mels=64, f_min=0.0, f_max=None
+    )
     freqs = spec.frequencies()
     diffs = np.diff(freqs)
-    assert 0 < freqs[0] < freqs[-1] < 8000 and (diffs[1:] > diffs[:-1]).all()   # mel: wider bands up high
+    assert 0 < freqs[0] < freqs[-1] < 8000 and (diffs[1:] > diffs[:-1]).all()  # mel: wider bands up high
     assert spec.show().figure.axes[-1].get_ylabel() == "value"
 
 
@@ -95,6 +99,7 @@ def test_nan_samples_are_an_error(tmp_path):
 
 def test_standardized_spectrograms_are_not_labelled_db():
     from specnorm.normalize import SpecNormalize
+
     spec = AudioSpectrogram(torch.randn(1, 1, 8, 20) * 10 - 50, sr=16000, hop_length=160, to_db=True, mel=False)
     norm = SpecNormalize(-50.0, 10.0)
     assert norm(spec)[0].show().figure.axes[-1].get_ylabel() == "standardized"

@@ -1,4 +1,5 @@
 """The benchmarks run in smoke mode (tiny sizes) so they cannot rot; their timings are never asserted."""
+
 import pytest
 
 from benchmarks.run import bench_modules, main

@@ -1,4 +1,5 @@
 """The `specnorm` command: demo, compare, stats, and one-line errors."""
+
 import subprocess
 import sys
 
@@ -32,8 +33,26 @@ def dataset(tmp_path):
 
 def test_stats_writes_a_file_recorder_load_reads(dataset, tmp_path, capsys):
     out = tmp_path / "stats.safetensors"
-    assert cli.main(["stats", "--data", str(dataset), "--out", str(out), "--axes", "channel", "--crop-ms", "1000",
-                     "--bs", "4", "--workers", "0"]) == 0
+    assert (
+        cli.main(
+            [
+                "stats",
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--axes",
+                "channel",
+                "--crop-ms",
+                "1000",
+                "--bs",
+                "4",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     rec = StatsRecorder.load(out)
     assert rec.mean.shape == (1, 1, 201, 1) and rec.nobservations == 12 and rec.settings["sr"] == 16000
     # independent reference: torchaudio on the training files (folds 2-5), reduced in float64
@@ -51,8 +70,32 @@ def test_stats_writes_a_file_recorder_load_reads(dataset, tmp_path, capsys):
 
 def test_compare_writes_results(dataset, tmp_path, capsys):
     out = tmp_path / "res"
-    assert cli.main(["compare", "--data", str(dataset), "--epochs", "1", "--runs", "1", "--bs", "4", "--crop-ms", "1000",
-                     "--methods", "none", "channel", "--out", str(out), "--workers", "0", "--mel"]) == 0
+    assert (
+        cli.main(
+            [
+                "compare",
+                "--data",
+                str(dataset),
+                "--epochs",
+                "1",
+                "--runs",
+                "1",
+                "--bs",
+                "4",
+                "--crop-ms",
+                "1000",
+                "--methods",
+                "none",
+                "channel",
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--mel",
+            ]
+        )
+        == 0
+    )
     results = pd.read_csv(out / "results.csv", index_col="method")
     assert list(results.index) == ["none", "channel"] and ((results["mean"] >= 0) & (results["mean"] <= 1)).all()
     assert (out / "results.png").stat().st_size > 1000
@@ -60,22 +103,31 @@ def test_compare_writes_results(dataset, tmp_path, capsys):
 
 
 def test_demo_makes_its_dataset_and_compares(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(cli.DEMO_SETTINGS, "dataset", dict(n_classes=3, clips_per_class=5, seconds=0.5, sr=16000, seed=0))
+    monkeypatch.setitem(
+        cli.DEMO_SETTINGS, "dataset", dict(n_classes=3, clips_per_class=5, seconds=0.5, sr=16000, seed=0)
+    )
     tiny = dict(cli.DEMO_SETTINGS["compare"], runs=1, epochs=1, bs=4, crop_ms=500)
     monkeypatch.setitem(cli.DEMO_SETTINGS, "compare", tiny)
-    assert cli.main(["demo", "--data", str(tmp_path / "synth"), "--out", str(tmp_path / "out"),
-                     "--methods", "none", "pcen"]) == 0
+    assert (
+        cli.main(
+            ["demo", "--data", str(tmp_path / "synth"), "--out", str(tmp_path / "out"), "--methods", "none", "pcen"]
+        )
+        == 0
+    )
     assert (tmp_path / "synth" / "meta" / "esc50.csv").is_file() and (tmp_path / "out" / "results.png").is_file()
     printed = capsys.readouterr().out
     assert "making the synthetic dataset" in printed and "pcen: mean accuracy" in printed
 
 
-@pytest.mark.parametrize("args,message", [
-    (["compare", "--data", "/nonexistent/esc"], "dataset folder not found: /nonexistent/esc"),
-    (["stats", "--data", "{data}", "--csv", "meta/other.csv"], "metadata CSV not found"),
-    (["stats", "--data", "{data}", "--fold", "9", "--workers", "0"], "fold 9 has no rows"),
-    (["compare", "--data", "{data}", "--methods", "zscore"], "unknown normalization method(s) ['zscore']"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["compare", "--data", "/nonexistent/esc"], "dataset folder not found: /nonexistent/esc"),
+        (["stats", "--data", "{data}", "--csv", "meta/other.csv"], "metadata CSV not found"),
+        (["stats", "--data", "{data}", "--fold", "9", "--workers", "0"], "fold 9 has no rows"),
+        (["compare", "--data", "{data}", "--methods", "zscore"], "unknown normalization method(s) ['zscore']"),
+    ],
+)
 def test_errors_are_one_line_and_exit_non_zero(dataset, capsys, args, message):
     assert cli.main([a.format(data=dataset) for a in args]) == 2
     err = capsys.readouterr().err

@@ -1,13 +1,14 @@
 """AudioBlock, CrossValidationSplitter and get_dls on a synthetic ESC-50-shaped folder."""
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tone
 from fastai.torch_core import TensorCategory
 
-from conftest import tone
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.data import AudioBlock, CrossValidationSplitter, audio_item_tfms, get_dls
@@ -26,17 +27,27 @@ def test_splitter_uses_the_fold_column():
 
 
 def test_audio_block_item_transforms():
-    assert [type(t).__name__ for t in audio_item_tfms(crop_signal_to=1000)] == ["Resample", "DownmixMono", "ResizeSignal"]
+    assert [type(t).__name__ for t in audio_item_tfms(crop_signal_to=1000)] == [
+        "Resample",
+        "DownmixMono",
+        "ResizeSignal",
+    ]
     block = AudioBlock(sample_rate=22050, crop_signal_to=1000)
     assert [type(t).__name__ for t in block.item_tfms[1:]] == ["Resample", "DownmixMono", "ResizeSignal"]
     assert block.item_tfms[1].sr == 22050 and block.item_tfms[3].duration == 1000
-    assert len(AudioBlock(sample_rate=None, force_mono=False).item_tfms) == 1   # fastai's ToTensor only
+    assert len(AudioBlock(sample_rate=None, force_mono=False).item_tfms) == 1  # fastai's ToTensor only
 
 
 def test_get_dls_yields_typed_spectrogram_batches(esc50_like):
     df, path = esc50_like
-    dls = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=1000,
-                  batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())])
+    dls = get_dls(
+        df,
+        path,
+        bs=4,
+        num_workers=0,
+        crop_signal_to=1000,
+        batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())],
+    )
     x, y = dls.one_batch()
     assert isinstance(x, AudioSpectrogram) and isinstance(y, TensorCategory)
     assert x.shape == (4, 1, 201, 81) and x.sr == 16000 and x.dtype == torch.float32
@@ -93,6 +104,7 @@ def test_corrupt_file_in_dataset_is_named(esc50_like):
 def test_stereo_and_other_rates_are_unified(tmp_path):
     (tmp_path / "audio").mkdir()
     from conftest import write_audio
+
     write_audio(tmp_path / "audio" / "a.wav", np.concatenate([tone(500, 22050, 0.5)] * 2), 22050)
     write_audio(tmp_path / "audio" / "b.wav", tone(500, 48000, 0.5), 48000)
     df = pd.DataFrame(dict(filename=["a.wav", "b.wav"] * 2, fold=[1, 1, 2, 2], category=["x", "y"] * 2))

@@ -1,13 +1,14 @@
 """NormDriftMonitor: detects a synthetic domain shift, leaves unchanged data alone."""
+
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import write_audio
 from fastai.learner import Learner
 
-from conftest import write_audio
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.data import get_dls
@@ -35,7 +36,7 @@ def reference_kl(train, new):
     a, b = (t.double().numpy().transpose(2, 0, 1, 3).reshape(F, -1) for t in (train, new))
     d = (b.mean(1) - a.mean(1)) / a.std(1)
     r = b.var(1) / a.var(1)
-    return (r - 1 - np.log(r) + d ** 2) / 2
+    return (r - 1 - np.log(r) + d**2) / 2
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_unchanged_data_is_not_flagged(train_recorder):
 
 def test_a_louder_band_is_detected_where_it_is(train_recorder):
     gain = torch.zeros(F, dtype=torch.float64)
-    gain[10:13] = 15.0                       # +15 dB in three rows
+    gain[10:13] = 15.0  # +15 dB in three rows
     new = spectrograms(64, seed=1, gain_db=gain)
     monitor = NormDriftMonitor(reference=train_recorder)
     with pytest.warns(UserWarning, match="drift score"):
@@ -74,8 +75,9 @@ def test_updated_statistics_merge_or_replace(train_recorder):
     merged = monitor.updated_stats("merge")
     both = torch.cat([spectrograms(256, seed=0), new]).double()
     torch.testing.assert_close(merged.mean.double(), both.mean((0, 1, 3), keepdim=True), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(monitor.updated_stats("replace").mean.double(), new.double().mean((0, 1, 3), keepdim=True),
-                               rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        monitor.updated_stats("replace").mean.double(), new.double().mean((0, 1, 3), keepdim=True), rtol=1e-6, atol=1e-5
+    )
     with pytest.raises(ValueError, match="merge' or 'replace"):
         monitor.updated_stats("average")
 
@@ -88,13 +90,19 @@ def test_without_statistics_it_says_what_it_needs():
 def test_as_callback_on_validation_and_get_preds(esc50_like, tmp_path):
     df, path = esc50_like
     a2s = AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram(n_fft=128))
-    dls = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500,
-                  batch_tfms=[a2s, SpecNormalize(axes=(0, 1, 3), progress=False)])
+    dls = get_dls(
+        df,
+        path,
+        bs=4,
+        num_workers=0,
+        crop_signal_to=500,
+        batch_tfms=[a2s, SpecNormalize(axes=(0, 1, 3), progress=False)],
+    )
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, dls.c))
     monitor = NormDriftMonitor()
     learn = Learner(dls, model, cbs=monitor)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")       # the validation fold is like the training folds: no warning
+        warnings.simplefilter("error")  # the validation fold is like the training folds: no warning
         learn.validate()
     assert not monitor.report.flagged
     # Deployment data, 20 dB louder: through the same pipeline, recorded denormalized, flagged.

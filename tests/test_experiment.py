@@ -1,4 +1,5 @@
 """The experiment harness: grayscale stems, training loops, and `compare` on a tiny synthetic dataset."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 import torch.nn as nn
 from fastai.vision.models.xresnet import xresnet18
 
-from specnorm.data import get_dls
 from specnorm.config import AudioConfig
+from specnorm.data import get_dls
 from specnorm.experiment import METHODS, compare, make_xresnet_grayscale, register_method, train_loops
 from specnorm.spectrogram import AudioToSpec
 from specnorm.synth import make_synthetic_dataset
@@ -20,11 +21,18 @@ SR, SECONDS = 16000, 0.5
 
 class TinyNet(nn.Module):
     "A 3-channel-stem CNN small enough to train in a blink; it records the input shapes it sees."
+
     def __init__(self, n_out):
         super().__init__()
         self.n_out, self.shapes = n_out, []
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n_out))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=2),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, n_out),
+        )
 
     def forward(self, x):
         self.shapes.append(tuple(x.shape))
@@ -33,6 +41,7 @@ class TinyNet(nn.Module):
 
 class ConstantNet(nn.Module):
     "Predicts class 0 for every input, whatever training does (its output does not depend on its weight)."
+
     def __init__(self, n_out):
         super().__init__()
         self.conv = nn.Conv2d(3, 1, 1)
@@ -49,11 +58,20 @@ def synth(tmp_path_factory):
 
 
 def _spec_dls(df, path, **kwargs):
-    return get_dls(df, path, bs=4, crop_signal_to=int(SECONDS * 1000), num_workers=0, device="cpu",
-                   batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())], **kwargs)
+    return get_dls(
+        df,
+        path,
+        bs=4,
+        crop_signal_to=int(SECONDS * 1000),
+        num_workers=0,
+        device="cpu",
+        batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())],
+        **kwargs,
+    )
 
 
 # -- make_xresnet_grayscale ---------------------------------------------------------------------
+
 
 def test_grayscale_stem_is_the_channel_mean():
     torch.manual_seed(0)
@@ -88,6 +106,7 @@ def test_grayscale_to_several_channels_and_bad_models():
 
 # -- train_loops ---------------------------------------------------------------------------------
 
+
 def test_train_loops_accuracy_is_the_last_epochs_validation_accuracy(synth, capsys):
     df, path = synth
     dls = _spec_dls(df, path)
@@ -111,7 +130,7 @@ def test_train_loops_builds_fresh_one_channel_models_and_is_seeded(synth):
     first = train_loops(dls, "a", num_runs=2, epochs=1, arch=arch, seed=3, quiet=True)
     again = train_loops(dls, "b", num_runs=2, epochs=1, arch=arch, seed=3, quiet=True)
     assert len(models) == 4 and len({id(m) for m in models}) == 4
-    assert all(m.n_out == dls.c == 3 for m in models)                  # num_cls defaults to dls.c
+    assert all(m.n_out == dls.c == 3 for m in models)  # num_cls defaults to dls.c
     assert {s[1:] for m in models for s in m.shapes} == {(1, 201, 41)}  # [b, 1, f, t]
     assert first == again
     for a, b in zip(models[0].state_dict().values(), models[2].state_dict().values()):
@@ -122,13 +141,26 @@ def test_train_loops_builds_fresh_one_channel_models_and_is_seeded(synth):
 
 # -- compare ---------------------------------------------------------------------------------------
 
+
 def test_compare_returns_the_documented_table(synth, tmp_path, capsys, device):
     df, path = synth
-    results = compare(df, path, runs=1, epochs=1, crop_ms=int(SECONDS * 1000), bs=4, arch=TinyNet, seed=0,
-                      quiet=True, save_to=tmp_path / "out", num_workers=0, device=device)
+    results = compare(
+        df,
+        path,
+        runs=1,
+        epochs=1,
+        crop_ms=int(SECONDS * 1000),
+        bs=4,
+        arch=TinyNet,
+        seed=0,
+        quiet=True,
+        save_to=tmp_path / "out",
+        num_workers=0,
+        device=device,
+    )
     assert list(results.index) == ["none", "global", "channel"] and results.index.name == "method"
     assert list(results.columns) == ["mean", "std", "min", "max", "runs"]
-    for method, row in results.iterrows():
+    for _, row in results.iterrows():
         assert len(row.runs) == 1 and 0 <= row.runs[0] <= 1
         assert row["mean"] == row["min"] == row["max"] == row.runs[0] and row["std"] == 0
     printed = capsys.readouterr().out
@@ -149,8 +181,8 @@ def test_compare_summarizes_several_runs_with_the_sample_std(synth, monkeypatch)
     results = compare(df, path, methods=["none"], runs=3, crop_ms=int(SECONDS * 1000), bs=4, quiet=True)
     row = results.loc["none"]
     assert (row["mean"], row["min"], row["max"]) == pytest.approx((0.6, 0.5, 0.7))
-    assert row["std"] == pytest.approx(0.1)   # sample std: sqrt(((-0.1)^2 + 0.1^2 + 0) / 2)
-    assert results.attrs["stats"] == {}       # 'none' needs no statistics: none were computed
+    assert row["std"] == pytest.approx(0.1)  # sample std: sqrt(((-0.1)^2 + 0.1^2 + 0) / 2)
+    assert results.attrs["stats"] == {}  # 'none' needs no statistics: none were computed
 
 
 def _reference_db_spectrograms(files):
@@ -162,7 +194,7 @@ def _reference_db_spectrograms(files):
         frames = np.lib.stride_tricks.sliding_window_view(padded, 400)[::200]
         window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
         power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
-        specs.append(10 * np.log10(np.maximum(power, 1e-10)).T)   # [freq, frames]
+        specs.append(10 * np.log10(np.maximum(power, 1e-10)).T)  # [freq, frames]
     return np.stack(specs)
 
 
@@ -173,13 +205,24 @@ def test_compare_takes_statistics_from_the_training_split_only(tmp_path, device)
     for fn in df.filename[df.fold == 1]:
         x, sr = sf.read(root / "audio" / fn, dtype="float64")
         sf.write(root / "audio" / fn, x * 0.01, sr, subtype="FLOAT")
-    results = compare(df, root / "audio", methods=["global", "channel"], runs=1, epochs=1, arch=TinyNet,
-                      crop_ms=int(SECONDS * 1000), bs=4, audio_normalize=False, quiet=True, num_workers=0,
-                      device=device)
+    results = compare(
+        df,
+        root / "audio",
+        methods=["global", "channel"],
+        runs=1,
+        epochs=1,
+        arch=TinyNet,
+        crop_ms=int(SECONDS * 1000),
+        bs=4,
+        audio_normalize=False,
+        quiet=True,
+        num_workers=0,
+        device=device,
+    )
     train = _reference_db_spectrograms([root / "audio" / fn for fn in df.filename[df.fold != 1]])
     every = _reference_db_spectrograms([root / "audio" / fn for fn in df.filename])
     stats = results.attrs["stats"]
-    assert abs(every.mean() - train.mean()) > 5   # the shift is visible in the statistics...
+    assert abs(every.mean() - train.mean()) > 5  # the shift is visible in the statistics...
     # ...and the recorded ones are those of the training folds alone.
     # (float32 STFT against float64: measured differences are below 1e-4 dB.)
     assert stats["global"]["mean"][0] == pytest.approx(train.mean(), abs=1e-3)
@@ -193,13 +236,23 @@ def test_registered_methods_run_and_unknown_ones_are_named(synth, monkeypatch):
     seen = []
 
     def make(stats):
-        seen.append(stats["global"].mean)   # a method may look statistics up; they are computed then
+        seen.append(stats["global"].mean)  # a method may look statistics up; they are computed then
         return []
 
     monkeypatch.setitem(METHODS, "mine", None)
     register_method("mine", make)
-    results = compare(df, path, methods="mine", runs=1, epochs=1, arch=TinyNet, crop_ms=int(SECONDS * 1000),
-                      bs=4, quiet=True, num_workers=0)
+    results = compare(
+        df,
+        path,
+        methods="mine",
+        runs=1,
+        epochs=1,
+        arch=TinyNet,
+        crop_ms=int(SECONDS * 1000),
+        bs=4,
+        quiet=True,
+        num_workers=0,
+    )
     assert list(results.index) == ["mine"] and len(seen) == 1
     assert set(results.attrs["stats"]) == {"global", "channel"}
     with pytest.raises(ValueError, match=r"unknown normalization method\(s\) \['nope'\]"):
@@ -212,6 +265,7 @@ def test_statistics_free_methods_see_what_they_need(synth, monkeypatch):
     "instance, sliding and pcen need no statistics; pcen gets a linear spectrogram, the others dB."
     from fastai.data.transforms import DisplayedTransform
     from fastai.torch_core import TensorImageBase
+
     from specnorm.experiment import LINEAR_METHODS
 
     seen = {}
@@ -219,7 +273,9 @@ def test_statistics_free_methods_see_what_they_need(synth, monkeypatch):
     class Probe(DisplayedTransform):
         order = 100
 
-        def __init__(self, method): super().__init__(); self.method = method
+        def __init__(self, method):
+            super().__init__()
+            self.method = method
 
         def encodes(self, x: TensorImageBase):
             seen[self.method] = x.clone().as_subclass(torch.Tensor), dict(x.__dict__)
@@ -229,13 +285,25 @@ def test_statistics_free_methods_see_what_they_need(synth, monkeypatch):
     for name in ("instance", "sliding", "pcen"):
         make = METHODS[name]
         monkeypatch.setitem(METHODS, name, lambda stats, make=make, name=name: make(stats) + [Probe(name)])
-    results = compare(df, path, methods=["instance", "sliding", "pcen"], runs=1, epochs=1, arch=TinyNet,
-                      crop_ms=int(SECONDS * 1000), bs=4, quiet=True, num_workers=0)
+    results = compare(
+        df,
+        path,
+        methods=["instance", "sliding", "pcen"],
+        runs=1,
+        epochs=1,
+        arch=TinyNet,
+        crop_ms=int(SECONDS * 1000),
+        bs=4,
+        quiet=True,
+        num_workers=0,
+    )
     assert list(results.index) == ["instance", "sliding", "pcen"] and results.attrs["stats"] == {}
     assert LINEAR_METHODS == {"pcen"}
     x, meta = seen["instance"]
-    torch.testing.assert_close(x.double().mean((2, 3)), torch.zeros(x.shape[:2], dtype=torch.float64), atol=1e-4, rtol=0)
-    x, meta = seen["sliding"]      # 0.5 s clips are shorter than the window: each row centred on the clip
+    torch.testing.assert_close(
+        x.double().mean((2, 3)), torch.zeros(x.shape[:2], dtype=torch.float64), atol=1e-4, rtol=0
+    )
+    x, meta = seen["sliding"]  # 0.5 s clips are shorter than the window: each row centred on the clip
     torch.testing.assert_close(x.double().mean(3), torch.zeros(x.shape[:3], dtype=torch.float64), atol=1e-3, rtol=0)
     x, meta = seen["pcen"]
     assert meta["pcen"] and not meta["to_db"] and (x >= 0).all()

@@ -1,4 +1,5 @@
 """InstanceSpecNorm / instance_norm against float64 numpy statistics computed clip by clip."""
+
 import numpy as np
 import pytest
 import torch
@@ -64,7 +65,7 @@ def test_padded_batch_with_lengths_ignores_padding(device):
     spec = AudioSpectrogram(torch.from_numpy(x).to(device), sr=16000, lengths=torch.tensor(lengths))
     out = InstanceSpecNorm()(spec).cpu().as_subclass(torch.Tensor).numpy()
     for i, n in enumerate(lengths):
-        np.testing.assert_allclose(out[i, ..., :n], numpy_instance(x[i:i + 1, ..., :n], (2, 3))[0], atol=1e-5)
+        np.testing.assert_allclose(out[i, ..., :n], numpy_instance(x[i : i + 1, ..., :n], (2, 3))[0], atol=1e-5)
         assert (out[i, ..., n:] == 0).all()
 
 

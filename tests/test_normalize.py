@@ -1,4 +1,5 @@
 """SpecNormalize and AudioNormalize against float64 numpy references, in DataBlock pipelines, and exported."""
+
 import pickle
 
 import numpy as np
@@ -7,12 +8,12 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn as nn
+from conftest import tone, write_audio
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import TensorImage, TensorImageBase, TensorMask
 
-from conftest import tone, write_audio
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.data import get_dls
@@ -42,6 +43,7 @@ def f64(x):
 
 # -- SpecNormalize on batches -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("axes", [GLOBAL, CHANNEL])
 def test_output_has_zero_mean_unit_std_and_decodes_back(device, axes):
     x = AudioSpectrogram(db_batch(), sr=16000, hop_length=200, to_db=True).to(device)
@@ -64,8 +66,12 @@ def test_output_has_zero_mean_unit_std_and_decodes_back(device, axes):
 def test_stats_are_plain_float32_cpu_tensors_in_every_accepted_form():
     x = db_batch()
     m64, s64 = ref_stats(x, CHANNEL)
-    forms = [(m64, s64), (m64.ravel(), s64.ravel()), (list(m64.ravel()), list(s64.ravel())),
-             (AudioSpectrogram(torch.from_numpy(m64)), TensorImage(torch.from_numpy(s64)))]
+    forms = [
+        (m64, s64),
+        (m64.ravel(), s64.ravel()),
+        (list(m64.ravel()), list(s64.ravel())),
+        (AudioSpectrogram(torch.from_numpy(m64)), TensorImage(torch.from_numpy(s64))),
+    ]
     outputs = []
     for mean, std in forms:
         norm = SpecNormalize(mean, std, axes=CHANNEL)
@@ -76,7 +82,7 @@ def test_stats_are_plain_float32_cpu_tensors_in_every_accepted_form():
     for y in outputs[1:]:
         assert torch.equal(y, outputs[0])
     assert SpecNormalize(-50, 10).mean.shape == (1, 1, 1, 1)
-    assert SpecNormalize([-50, -40], [10, 5]).mean.shape == (1, 2, 1, 1)    # per-channel of stereo
+    assert SpecNormalize([-50, -40], [10, 5]).mean.shape == (1, 2, 1, 1)  # per-channel of stereo
 
 
 def test_per_channel_stats_of_a_multichannel_batch(device):
@@ -137,8 +143,8 @@ def test_integer_and_float64_inputs():
 
 def test_constant_and_all_zero_channels_give_finite_defined_values(device):
     x = db_batch().to(device)
-    x[:, :, 3] = -100.0      # AmplitudeToDB's floor: a silent frequency row
-    x[:, :, 7] = 0.0         # exactly zero everywhere
+    x[:, :, 3] = -100.0  # AmplitudeToDB's floor: a silent frequency row
+    x[:, :, 7] = 0.0  # exactly zero everywhere
     mean, std = ref_stats(x, CHANNEL)
     assert std[0, 0, 3, 0] == 0 and std[0, 0, 7, 0] == 0
     norm = SpecNormalize(mean, std, axes=CHANNEL)
@@ -146,14 +152,14 @@ def test_constant_and_all_zero_channels_give_finite_defined_values(device):
     assert torch.isfinite(y).all()
     # floored std: 1e-3 * |mean| = 0.1 dB for the -100 dB row, so it maps to 0 up to float32 rounding
     np.testing.assert_allclose(f64(y)[:, :, 3], 0, atol=1e-3)
-    assert norm.std[0, 0, 3, 0] == 0      # the recorded statistic is untouched, only its use is floored
+    assert norm.std[0, 0, 3, 0] == 0  # the recorded statistic is untouched, only its use is floored
     np.testing.assert_array_equal(f64(y)[:, :, 7], 0)
     # a later value off the constant is scaled by 1 / 0.1 dB, finite
     probe = x.clone()
     probe[:, :, 3] = -99.0
     probe_y = norm(AudioSpectrogram(probe))
     np.testing.assert_allclose(f64(probe_y)[:, :, 3], 10, rtol=1e-3)
-    np.testing.assert_allclose(f64(norm.decode(probe_y)), f64(probe), atol=1e-4)   # decodes uses the floored std
+    np.testing.assert_allclose(f64(norm.decode(probe_y)), f64(probe), atol=1e-4)  # decodes uses the floored std
     np.testing.assert_allclose(f64(norm.decode(y)), f64(x), atol=1e-4)
     others = [r for r in range(20) if r not in (3, 7)]
     np.testing.assert_allclose(ref_stats(y, CHANNEL)[1][:, :, others], 1, atol=1e-5)
@@ -214,19 +220,20 @@ def test_device_cache_and_pickling_keep_only_cpu_statistics(device):
         assert len(norm._cache) == 1
         cached = next(iter(norm._cache.values()))
         norm(x), norm(x)
-        assert next(iter(norm._cache.values()))[1] is cached[1]   # built once, reused
+        assert next(iter(norm._cache.values()))[1] is cached[1]  # built once, reused
         assert all(t.device.type == "cpu" for t in (norm.mean, norm.std))
         state = pickle.loads(pickle.dumps(norm)).__dict__
         assert state["_cache"] == {}
         tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
         assert len(tensors) >= 6 and all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)
         assert torch.equal(pickle.loads(pickle.dumps(norm))(x), y)
-        norm.std = norm.std * 2     # new statistics clear the cache
+        norm.std = norm.std * 2  # new statistics clear the cache
         assert norm._cache == {}
         np.testing.assert_allclose(f64(norm(x)), f64(y) / 2, atol=1e-5)
 
 
 # -- AudioNormalize ---------------------------------------------------------------------------
+
 
 def test_audio_normalize_item_against_float64_reference():
     x = AudioTensor(torch.from_numpy(tone(440, 8000, 0.5, amplitude=0.3, channels=2) + 0.1), sr=8000)
@@ -259,8 +266,13 @@ def test_audio_normalize_silence_nan_and_empty():
     norm = AudioNormalize()
     g = torch.Generator().manual_seed(0)
     # std <= 1e-6 (-120 dBFS) is silence, even with a DC offset; 16-bit dither (~3e-5) is not
-    for silence in (torch.zeros(1, 500), torch.full((1, 500), 0.1), torch.full((2, 500), -0.3),
-                    1e-8 * torch.randn(1, 500, generator=g), 0.2 + 1e-7 * torch.randn(1, 500, generator=g)):
+    for silence in (
+        torch.zeros(1, 500),
+        torch.full((1, 500), 0.1),
+        torch.full((2, 500), -0.3),
+        1e-8 * torch.randn(1, 500, generator=g),
+        0.2 + 1e-7 * torch.randn(1, 500, generator=g),
+    ):
         y = norm(AudioTensor(silence, sr=8000))
         assert torch.equal(y.as_subclass(torch.Tensor), torch.zeros_like(silence))
     dither = norm(AudioTensor(3e-5 * torch.randn(1, 500, generator=g), sr=8000))
@@ -283,19 +295,26 @@ def test_audio_normalize_silence_nan_and_empty():
 
 # -- In DataBlock pipelines -------------------------------------------------------------------
 
+
 def spec_tfm():
     return AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())
 
 
 def test_pipeline_with_audio_normalize_class_and_spec_normalize(esc50_like):
     df, path = esc50_like
-    probe = get_dls(df, path, bs=4, num_workers=0, item_tfms=[AudioNormalize], batch_tfms=[spec_tfm()],
-                    shuffle=False)
+    probe = get_dls(df, path, bs=4, num_workers=0, item_tfms=[AudioNormalize], batch_tfms=[spec_tfm()], shuffle=False)
     train_specs = torch.cat([x for x, _ in probe.train])
     mean, std = ref_stats(train_specs, CHANNEL)
-    dls = get_dls(df, path, bs=4, num_workers=0, item_tfms=[AudioNormalize],
-                  batch_tfms=[spec_tfm(), SpecNormalize(mean, std, axes=CHANNEL)], shuffle=False)
-    assert any(type(t) is AudioNormalize for t in dls.train.after_item.fs)   # the class was instantiated
+    dls = get_dls(
+        df,
+        path,
+        bs=4,
+        num_workers=0,
+        item_tfms=[AudioNormalize],
+        batch_tfms=[spec_tfm(), SpecNormalize(mean, std, axes=CHANNEL)],
+        shuffle=False,
+    )
+    assert any(type(t) is AudioNormalize for t in dls.train.after_item.fs)  # the class was instantiated
     wave = dls.train.after_item(dls.train_ds[0])[0]
     assert isinstance(wave, AudioTensor) and f64(wave).std() == pytest.approx(1, abs=1e-5)
     x, _ = dls.train.one_batch()
@@ -304,7 +323,7 @@ def test_pipeline_with_audio_normalize_class_and_spec_normalize(esc50_like):
     out_mean, out_std = ref_stats(normalized, CHANNEL)
     np.testing.assert_allclose(out_mean, 0, atol=1e-4)
     np.testing.assert_allclose(out_std, 1, atol=1e-4)
-    shown = dls.train.decode((x, _))[0]     # what show_batch draws: dB again
+    shown = dls.train.decode((x, _))[0]  # what show_batch draws: dB again
     np.testing.assert_allclose(f64(shown), f64(train_specs[:4]), atol=1e-3)
 
 
@@ -325,8 +344,10 @@ def shifted_valid_dataset(root, n=10, sr=16000):
 def split_reference(df, path, fold, axes):
     "Stats over the spectrograms of one split's clips, each read with soundfile and transformed alone."
     a2s = spec_tfm()
-    specs = [f64(a2s(AudioTensor(torch.from_numpy(sf.read(path / fn, dtype="float32")[0][None]), sr=16000)))
-             for fn in df.filename[df.fold == fold]]
+    specs = [
+        f64(a2s(AudioTensor(torch.from_numpy(sf.read(path / fn, dtype="float32")[0][None]), sr=16000)))
+        for fn in df.filename[df.fold == fold]
+    ]
     return ref_stats(torch.from_numpy(np.stack(specs)), axes)
 
 
@@ -342,7 +363,7 @@ def test_setups_computes_stats_from_the_training_split_only(tmp_path, axes):
     # all 6 training clips (the training loader, bs=4, drops 2 of them), spectrograms on, normalization off
     np.testing.assert_allclose(f64(norm.mean), train_mean, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(f64(norm.std), train_std, rtol=1e-3, atol=1e-3)
-    assert np.abs(train_mean - valid_mean).mean() > 15       # the folds differ by ~20 dB
+    assert np.abs(train_mean - valid_mean).mean() > 15  # the folds differ by ~20 dB
     assert dls.train.after_batch.fs[-1] is norm
     x, _ = dls.train.one_batch()
     assert f64(x).mean() == pytest.approx(0, abs=0.5)
@@ -353,6 +374,7 @@ def test_setups_computes_stats_from_the_training_split_only(tmp_path, axes):
 
 def test_from_dls_and_from_stats_match_setups(tmp_path):
     from specnorm.stats import StatsRecorder
+
     df = shifted_valid_dataset(tmp_path)
     path = tmp_path / "audio"
     mean, std = split_reference(df, path, 2, CHANNEL)
@@ -377,8 +399,9 @@ def test_from_dls_and_from_stats_match_setups(tmp_path):
     spec = AudioSpectrogram(torch.from_numpy(mean + 2 * std).float().expand(2, 1, 201, 5), sr=16000)
     np.testing.assert_allclose(f64(SpecNormalize(chan.mean, chan.std, axes=CHANNEL)(spec)), 2, atol=1e-3)
     g_mean, g_std = split_reference(df, path, 2, GLOBAL)
-    np.testing.assert_allclose(f64(SpecNormalize(glob.mean, glob.std, axes=GLOBAL)(spec)),
-                               (f64(spec) - g_mean) / g_std, atol=1e-4)
+    np.testing.assert_allclose(
+        f64(SpecNormalize(glob.mean, glob.std, axes=GLOBAL)(spec)), (f64(spec) - g_mean) / g_std, atol=1e-4
+    )
 
 
 def test_setups_with_fraction_and_progress_bar(tmp_path):

@@ -1,4 +1,5 @@
 """The notebooks in nbs/ execute from top to bottom (with tiny settings), so they cannot rot."""
+
 from pathlib import Path
 
 import nbformat

@@ -1,4 +1,5 @@
 """PCEN and TrainablePCEN against librosa.pcen (the reference), the recursion against scipy's lfilter."""
+
 import librosa
 import numpy as np
 import pytest
@@ -24,14 +25,17 @@ def assert_close_to_librosa(ours, ref):
     np.testing.assert_allclose(np.asarray(ours, np.float64), ref, rtol=RTOL, atol=0)
 
 
-@pytest.mark.parametrize("params", [
-    {},
-    dict(gain=0.8, bias=10.0, power=0.25, time_constant=0.06, eps=1e-3),
-    dict(power=0.0),
-    dict(bias=0.0),
-    dict(b=0.3),
-    dict(b=1.0),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        dict(gain=0.8, bias=10.0, power=0.25, time_constant=0.06, eps=1e-3),
+        dict(power=0.0),
+        dict(bias=0.0),
+        dict(b=0.3),
+        dict(b=1.0),
+    ],
+)
 def test_matches_librosa(params, device):
     x = mel_energies()
     ref = librosa.pcen(x, sr=16000, hop_length=160, axis=-1, **params)
@@ -55,8 +59,9 @@ def test_recursions_match_scipy_lfilter(smooth, n_frames):
     rng = np.random.default_rng(1)
     x = rng.random((2, 3, n_frames)) * 100
     b = np.array([0.02, 0.3, 1.0])
-    ref = np.stack([scipy.signal.lfilter([bb], [1, bb - 1], x[:, i], zi=np.full((2, 1), 1 - bb))[0]
-                    for i, bb in enumerate(b)], 1)
+    ref = np.stack(
+        [scipy.signal.lfilter([bb], [1, bb - 1], x[:, i], zi=np.full((2, 1), 1 - bb))[0] for i, bb in enumerate(b)], 1
+    )
     out = smooth(torch.from_numpy(x).float(), torch.from_numpy(b).float()[:, None])
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5)
 
@@ -67,8 +72,9 @@ def test_smoothing_coefficient_is_librosas():
     for tc, sr, hop in [(0.4, 22050, 512), (0.06, 16000, 160), (1.0, 8000, 80)]:
         b = pcen_smoothing_coef(tc, sr, hop)
         assert 0 < b < hop / (tc * sr)
-        np.testing.assert_allclose(librosa.pcen(x, b=b), librosa.pcen(x, sr=sr, hop_length=hop, time_constant=tc),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            librosa.pcen(x, b=b), librosa.pcen(x, sr=sr, hop_length=hop, time_constant=tc), rtol=1e-12
+        )
 
 
 def test_transform_reads_sr_and_hop_from_metadata(device):
@@ -78,15 +84,17 @@ def test_transform_reads_sr_and_hop_from_metadata(device):
     assert type(out) is AudioSpectrogram
     assert (out.sr, out.hop_length, out.mel, out.to_db, out.pcen) == (16000, 160, True, False, True)
     assert spec.to_db is False and not hasattr(spec, "pcen")  # the input's metadata is untouched
-    assert_close_to_librosa(out.cpu().as_subclass(torch.Tensor).numpy(),
-                            librosa.pcen(x, sr=16000, hop_length=160, axis=-1))
+    assert_close_to_librosa(
+        out.cpu().as_subclass(torch.Tensor).numpy(), librosa.pcen(x, sr=16000, hop_length=160, axis=-1)
+    )
 
 
 def test_transform_falls_back_to_its_arguments():
     x = mel_energies((1, 24, 50))
     out = PCEN(sr=8000, hop_length=80, time_constant=0.1)(AudioSpectrogram(torch.from_numpy(x)))
-    assert_close_to_librosa(out.as_subclass(torch.Tensor).numpy(),
-                            librosa.pcen(x, sr=8000, hop_length=80, time_constant=0.1, axis=-1))
+    assert_close_to_librosa(
+        out.as_subclass(torch.Tensor).numpy(), librosa.pcen(x, sr=8000, hop_length=80, time_constant=0.1, axis=-1)
+    )
 
 
 def test_after_audio_to_spec_on_a_tone():
@@ -119,6 +127,7 @@ def test_bad_inputs_raise_clear_errors():
 
 # TrainablePCEN
 
+
 def test_trainable_at_init_equals_pcen_and_librosa(device):
     x = torch.from_numpy(mel_energies()).to(device)
     frontend = TrainablePCEN(24, sr=16000, hop_length=160, gain=0.9, bias=3.0, power=0.3).to(device)
@@ -137,8 +146,9 @@ def test_trainable_parameters_are_per_channel():
     frontend = TrainablePCEN(n)
     gains, biases, powers, bs = (np.linspace(lo, hi, n) for lo, hi in [(0.5, 1.0), (0.5, 4), (0.2, 0.6), (0.01, 0.5)])
     with torch.no_grad():
-        for p, v in zip((frontend.log_gain, frontend.log_bias, frontend.log_power, frontend.log_b),
-                        (gains, biases, powers, bs)):
+        for p, v in zip(
+            (frontend.log_gain, frontend.log_bias, frontend.log_power, frontend.log_b), (gains, biases, powers, bs)
+        ):
             p.copy_(torch.from_numpy(np.log(v)))
         out = frontend(torch.from_numpy(x)).numpy()
     for f in range(n):
@@ -163,7 +173,9 @@ def test_a_training_step_moves_the_output_towards_a_target():
     losses = []
     for _ in range(20):
         loss = (frontend(x) - target).square().mean()
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
@@ -179,6 +191,7 @@ def test_trainable_checks_the_channel_count():
 
 def test_in_a_dataloader_after_audio_to_spec(esc50_like):
     from specnorm.data import get_dls
+
     df, path = esc50_like
     a2s = AudioToSpec(mel=True, to_db=False, sample_rate=16000, n_mels=32, hop_length=160)
     dls = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, batch_tfms=[PCEN(), a2s])  # sorted by order

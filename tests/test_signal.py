@@ -1,9 +1,10 @@
 """Resample, DownmixMono, ResizeSignal."""
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import tone, write_audio
+
 from specnorm.audio import AudioTensor
 from specnorm.signal import DownmixMono, Resample, ResizeSignal, _resampler
 
@@ -51,11 +52,14 @@ def test_crop_from_start_outside_training_and_random_slice_in_training():
     assert len(starts) > 1 and y.sr == 16000
 
 
-@pytest.mark.parametrize("mode,expected", [
-    ("zeros_after", [1, 2, 3, 0, 0, 0]),
-    ("zeros", [0, 1, 2, 3, 0, 0]),
-    ("repeat", [1, 2, 3, 1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("zeros_after", [1, 2, 3, 0, 0, 0]),
+        ("zeros", [0, 1, 2, 3, 0, 0]),
+        ("repeat", [1, 2, 3, 1, 2, 3]),
+    ],
+)
 def test_pad_modes(mode, expected):
     x = AudioTensor(torch.tensor([[1.0, 2.0, 3.0]]), sr=1000)
     y = ResizeSignal(6, pad_mode=mode)(x)

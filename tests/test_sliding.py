@@ -1,4 +1,5 @@
 """SlidingSpecNorm and ShortTimeAudioNormalize against per-frame (per-sample) float64 numpy loops."""
+
 import numpy as np
 import pytest
 import torch
@@ -44,8 +45,10 @@ def db_spec(shape=(2, 1, 6, 90), seed=0):
     return (level + rng.uniform(1, 8, shape[:-1] + (1,)) * rng.standard_normal(shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("window,center,min_window", [(7, True, 100), (8, True, 100), (20, False, 5),
-                                                      (20, False, 100), (1, True, 100), (30, False, 1)])
+@pytest.mark.parametrize(
+    "window,center,min_window",
+    [(7, True, 100), (8, True, 100), (20, False, 5), (20, False, 100), (1, True, 100), (30, False, 1)],
+)
 @pytest.mark.parametrize("norm_vars", [False, True])
 def test_matches_per_frame_numpy_loop(window, center, min_window, norm_vars, device):
     x = db_spec()
@@ -60,8 +63,9 @@ def test_matches_per_frame_numpy_loop(window, center, min_window, norm_vars, dev
 def test_matches_torchaudio_kaldi_port(center):
     x = db_spec((1, 1, 5, 70), seed=1)
     ours = sliding_norm(torch.from_numpy(x), 25, center, True, min_window=10)
-    kaldi = AF.sliding_window_cmn(torch.from_numpy(x).double().transpose(-1, -2), cmn_window=25,
-                                  min_cmn_window=10, center=center, norm_vars=True).transpose(-1, -2)
+    kaldi = AF.sliding_window_cmn(
+        torch.from_numpy(x).double().transpose(-1, -2), cmn_window=25, min_cmn_window=10, center=center, norm_vars=True
+    ).transpose(-1, -2)
     np.testing.assert_allclose(ours.numpy(), kaldi.numpy(), rtol=1e-5, atol=1e-4)
 
 
@@ -97,8 +101,9 @@ def test_transform_keeps_type_and_metadata(device):
     spec = AudioSpectrogram(torch.from_numpy(x).to(device), sr=16000, hop_length=160, to_db=True)
     out = SlidingSpecNorm(window=30, norm_vars=True)(spec)
     assert type(out) is AudioSpectrogram and (out.sr, out.hop_length, out.to_db) == (16000, 160, True)
-    np.testing.assert_allclose(out.cpu().as_subclass(torch.Tensor).numpy(),
-                               numpy_sliding(x, 30, norm_vars=True), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        out.cpu().as_subclass(torch.Tensor).numpy(), numpy_sliding(x, 30, norm_vars=True), rtol=1e-5, atol=1e-4
+    )
     plain = torch.randn(1, 1, 4, 20)
     assert SlidingSpecNorm()(plain) is plain
 
@@ -124,12 +129,18 @@ def test_every_edge_rule_against_the_loop():
             for center, min_window in [(True, 100)] + [(False, m) for m in (1, 2, 5, 9, 20)]:
                 for norm_vars in (False, True):
                     out = sliding_norm(torch.from_numpy(x), window, center, norm_vars, min_window)
-                    np.testing.assert_allclose(out.numpy(), numpy_sliding(x, window, center, norm_vars, min_window),
-                                               rtol=1e-5, atol=1e-4, err_msg=f"{n=} {window=} {center=} {min_window=}")
+                    np.testing.assert_allclose(
+                        out.numpy(),
+                        numpy_sliding(x, window, center, norm_vars, min_window),
+                        rtol=1e-5,
+                        atol=1e-4,
+                        err_msg=f"{n=} {window=} {center=} {min_window=}",
+                    )
 
 
-@pytest.mark.parametrize("window,center,min_window",
-                         [(2, False, 1), (7, True, 100), (300, True, 100), (30, False, 100)])
+@pytest.mark.parametrize(
+    "window,center,min_window", [(2, False, 1), (7, True, 100), (300, True, 100), (30, False, 100)]
+)
 @pytest.mark.parametrize("norm_vars", [False, True])
 def test_long_drifting_clip_stays_accurate(window, center, min_window, norm_vars):
     # 3000 frames with a 40 dB level drift: the error stays at float32 rounding of the dB values (module docstring).
@@ -150,6 +161,7 @@ def test_float64_input_stays_float64_and_exact():
 def test_rows_in_several_blocks(monkeypatch):
     # Large batches go through in blocks of rows: same result, and a NaN in an early block is still found.
     import specnorm.sliding as sliding
+
     x = db_spec((2, 1, 5, 60), seed=7)
     monkeypatch.setattr(sliding, "_BLOCK", 3 * 60 * 8)  # blocks of 3 rows of float64 (6 of float32)
     for norm_vars in (False, True):
@@ -171,6 +183,7 @@ def test_rows_in_several_blocks(monkeypatch):
 
 
 # ShortTimeAudioNormalize
+
 
 def numpy_rms(x, window, hop=None):
     "Per-sample RMS over the centred window (or at hop nodes, linearly interpolated), in float64."
@@ -210,8 +223,8 @@ def test_short_time_evens_out_the_level():
     x = np.sin(2 * np.pi * 200 * t) * np.where(t < 0.5, 0.01, 0.8)  # a 38 dB jump half way
     out = ShortTimeAudioNormalize(0.05)(AudioTensor(torch.from_numpy(x).float()[None], sr=sr))[0].numpy()
     quiet, loud = out[800:3200], out[4800:7200]
-    assert np.sqrt((quiet ** 2).mean()) == pytest.approx(1, abs=0.01)
-    assert np.sqrt((loud ** 2).mean()) == pytest.approx(1, abs=0.01)
+    assert np.sqrt((quiet**2).mean()) == pytest.approx(1, abs=0.01)
+    assert np.sqrt((loud**2).mean()) == pytest.approx(1, abs=0.01)
 
 
 def test_silence_gives_zeros_and_gain_is_capped():
@@ -236,9 +249,13 @@ def test_short_time_rms_on_odd_sizes():
         x = (rng.standard_normal((2, n)) * np.linspace(0.05, 1, n)).astype(np.float32)
         for window in (1, 5, 64, 1000):
             for hop in (None, 1, 3, 16, 32, 500):
-                np.testing.assert_allclose(short_time_rms(torch.from_numpy(x), window, hop).numpy(),
-                                           numpy_rms(x, window, hop), rtol=1e-5, atol=1e-7,
-                                           err_msg=f"{n=} {window=} {hop=}")
+                np.testing.assert_allclose(
+                    short_time_rms(torch.from_numpy(x), window, hop).numpy(),
+                    numpy_rms(x, window, hop),
+                    rtol=1e-5,
+                    atol=1e-7,
+                    err_msg=f"{n=} {window=} {hop=}",
+                )
 
 
 @pytest.mark.parametrize("hop", [None, 40, 7])
@@ -268,10 +285,18 @@ def test_short_time_bad_inputs():
 def test_in_a_dataloader(esc50_like):
     from specnorm.data import get_dls
     from specnorm.spectrogram import AudioToSpec
+
     df, path = esc50_like
     a2s = AudioToSpec(mel=True, sample_rate=16000, n_mels=32, hop_length=160)
-    dls = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, item_tfms=[ShortTimeAudioNormalize(0.05)],
-                  batch_tfms=[SlidingSpecNorm(window=20, norm_vars=True), a2s])
+    dls = get_dls(
+        df,
+        path,
+        bs=4,
+        num_workers=0,
+        crop_signal_to=500,
+        item_tfms=[ShortTimeAudioNormalize(0.05)],
+        batch_tfms=[SlidingSpecNorm(window=20, norm_vars=True), a2s],
+    )
     x, _ = dls.one_batch()
     assert type(x) is AudioSpectrogram and x.shape == (4, 1, 32, 51) and x.sr == 16000
     # every frame is normalized over 20 frames: the per-frame statistics of the output are near 0 and 1

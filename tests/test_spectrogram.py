@@ -1,10 +1,11 @@
 """AudioToSpec and AudioToMFCC against torchaudio applied directly."""
+
 import numpy as np
 import pytest
 import torch
 import torchaudio.transforms as T
-
 from conftest import tone
+
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.spectrogram import AudioToMFCC, AudioToSpec
@@ -13,7 +14,14 @@ from specnorm.spectrogram import AudioToMFCC, AudioToSpec
 def test_basic_spectrogram_contract_5s_16k():
     spec = AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())(AudioTensor(torch.randn(1, 80000), sr=16000))
     assert isinstance(spec, AudioSpectrogram) and spec.shape == (1, 201, 401)
-    assert (spec.sr, spec.n_fft, spec.win_length, spec.hop_length, spec.mel, spec.to_db) == (16000, 400, 400, 200, False, True)
+    assert (spec.sr, spec.n_fft, spec.win_length, spec.hop_length, spec.mel, spec.to_db) == (
+        16000,
+        400,
+        400,
+        200,
+        False,
+        True,
+    )
 
 
 def test_equals_torchaudio_on_items_and_batches(device):
@@ -24,7 +32,7 @@ def test_equals_torchaudio_on_items_and_batches(device):
     assert batch.device.type == device.type and batch.shape == (3, 1, 257, 63)
     torch.testing.assert_close(batch.as_subclass(torch.Tensor), reference)
     torch.testing.assert_close(a2s(AudioTensor(x[1], sr=16000)).as_subclass(torch.Tensor), reference[1])
-    assert len(a2s._pipes) == 1   # the torchaudio pipeline was moved to the device once
+    assert len(a2s._pipes) == 1  # the torchaudio pipeline was moved to the device once
 
 
 def test_mel_equals_torchaudio(device):
@@ -78,6 +86,7 @@ def test_agrees_with_librosa_on_the_same_settings():
     tolerance covers float32 FFT rounding, which matters only at very low power.
     """
     import librosa
+
     x = tone(440, 16000, 1.0) + 0.1 * np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32)
     ours = AudioToSpec(n_fft=512, hop_length=128)(AudioTensor(torch.from_numpy(x), sr=16000))[0].numpy()
     power = np.abs(librosa.stft(x[0].astype(np.float64), n_fft=512, hop_length=128, pad_mode="reflect")) ** 2

@@ -1,4 +1,5 @@
 """StatsRecorder and compute_stats against an independent float64 two-pass reference (numpy)."""
+
 import datetime
 import json
 import pickle
@@ -66,8 +67,10 @@ def make_batches(case, gen):
         return [torch.randn(n, 1, 12, 50, generator=gen) + 1e4 for n in (7, 1, 16)]
     if case == "db":  # log power of noise with a spectral slope: -100..0 dB, per-row levels differ
         slope = torch.linspace(0, -60, 12)[None, None, :, None]
-        return [10 * torch.log10(torch.rand(n, 1, 12, t, generator=gen) ** 2 + 1e-10) + slope
-                for n, t in [(6, 33), (4, 80), (1, 12)]]
+        return [
+            10 * torch.log10(torch.rand(n, 1, 12, t, generator=gen) ** 2 + 1e-10) + slope
+            for n, t in [(6, 33), (4, 80), (1, 12)]
+        ]
     raise ValueError(case)
 
 
@@ -169,8 +172,10 @@ def test_nan_policy_omit_leaves_them_out(device):
     gen = torch.Generator().manual_seed(3)
     batches = [torch.randn(4, 1, 5, 9, generator=gen) * 2 + 7 for _ in range(3)]
     masks = [torch.rand(b.shape, generator=gen) > 0.1 for b in batches]  # 10 % become NaN/Inf
-    dirty = [torch.where(m, b, torch.tensor([float("nan"), float("inf")])[i % 2]).to(device)
-             for i, (b, m) in enumerate(zip(batches, masks))]
+    dirty = [
+        torch.where(m, b, torch.tensor([float("nan"), float("inf")])[i % 2]).to(device)
+        for i, (b, m) in enumerate(zip(batches, masks))
+    ]
     for dims in (GLOBAL, CHANNEL):
         rec = StatsRecorder(dims, nan_policy="omit")
         for x in dirty:
@@ -216,8 +221,13 @@ def test_clear_errors_for_misuse():
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2 ** 16), n_items=st.integers(1, 9), offset=st.sampled_from([0.0, 1e4, -60.0]),
-       axis=st.sampled_from([0, 3]), data=st.data())
+@given(
+    seed=st.integers(0, 2**16),
+    n_items=st.integers(1, 9),
+    offset=st.sampled_from([0.0, 1e4, -60.0]),
+    axis=st.sampled_from([0, 3]),
+    data=st.data(),
+)
 def test_any_split_order_and_merge_tree_agree(seed, n_items, offset, axis, data):
     rng = np.random.default_rng(seed)
     items = rng.standard_normal((n_items, 1, 3, 9)) * rng.uniform(0.5, 5) + offset
@@ -266,8 +276,14 @@ def _dist_batches():
 
 def _gloo_worker(rank, world, port, out_dir):
     import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         batches = _dist_batches()
         rec = StatsRecorder(CHANNEL)
@@ -290,8 +306,9 @@ def _free_port():
 
 
 def test_all_reduce_over_gloo_equals_one_process(tmp_path):
-    ctx = torch.multiprocessing.start_processes(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-                                                join=False, start_method="spawn")
+    ctx = torch.multiprocessing.start_processes(
+        _gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.time() + 180
     while not ctx.join(timeout=1):
         if time.time() > deadline:
@@ -377,8 +394,13 @@ def test_wrong_shapes_dtypes_and_values_are_named(tmp_path):
     with pytest.raises(ValueError, match="'m2'.*>= 0"):
         StatsRecorder.load(_rewrite(path, tmp_path / "c", m2=-torch.ones(1, 1, 8, 1, dtype=torch.float64)))
     with pytest.raises(ValueError, match="'mean' holds 1 NaN"):
-        StatsRecorder.load(_rewrite(path, tmp_path / "d", mean=torch.tensor([1.0, 2, 3, 4, 5, 6, 7, float("nan")],
-                                                                            dtype=torch.float64).reshape(1, 1, 8, 1)))
+        StatsRecorder.load(
+            _rewrite(
+                path,
+                tmp_path / "d",
+                mean=torch.tensor([1.0, 2, 3, 4, 5, 6, 7, float("nan")], dtype=torch.float64).reshape(1, 1, 8, 1),
+            )
+        )
     with pytest.raises(ValueError, match="'count' must hold non-negative whole numbers"):
         StatsRecorder.load(_rewrite(path, tmp_path / "e", count=torch.full((1, 1, 8, 1), 2.5, dtype=torch.float64)))
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
@@ -392,6 +414,7 @@ def test_wrong_shapes_dtypes_and_values_are_named(tmp_path):
 def test_no_pickle_is_involved(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("pickle used")
+
     for name in ("load", "loads", "dump", "dumps"):
         monkeypatch.setattr(pickle, name, forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
@@ -399,15 +422,21 @@ def test_no_pickle_is_involved(tmp_path, monkeypatch):
     path = _saved(tmp_path)
     raw = path.read_bytes()
     header = int.from_bytes(raw[:8], "little")
-    assert json.loads(raw[8:8 + header])["__metadata__"]["format"] == "specnorm.StatsRecorder/1"  # plain safetensors
+    assert json.loads(raw[8 : 8 + header])["__metadata__"]["format"] == "specnorm.StatsRecorder/1"  # plain safetensors
     assert StatsRecorder.load(path).mean.shape == (1, 1, 8, 1)
 
 
 # -- compute_stats ---------------------------------------------------------------------------------
 def test_compute_stats_over_get_dls_matches_stacked_batches(esc50_like):
     df, audio = esc50_like
-    dls = get_dls(df, audio, bs=4, crop_signal_to=1000, num_workers=0,  # 1 s clips: no random crop
-                  batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())])
+    dls = get_dls(
+        df,
+        audio,
+        bs=4,
+        crop_signal_to=1000,
+        num_workers=0,  # 1 s clips: no random crop
+        batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())],
+    )
     dl = dls.train.new(shuffle=False, drop_last=False)
     stacked = torch.cat([x.as_subclass(torch.Tensor) for x, _ in dl])  # every batch, transforms applied
     assert stacked.shape[1:] == (1, 201, 81)
@@ -417,16 +446,22 @@ def test_compute_stats_over_get_dls_matches_stacked_batches(esc50_like):
         assert rec.nobservations == len(stacked) == len(dl.dataset)
     assert chan.settings["sr"] == 16000 and chan.settings["n_fft"] == 400 and chan.settings["to_db"] is True
     # a random half of the items, the same for the same seed; max_batches stops early
-    half, = compute_stats(dl, red_dims=[CHANNEL], fraction=0.5, progress=True)
+    (half,) = compute_stats(dl, red_dims=[CHANNEL], fraction=0.5, progress=True)
     assert half.nobservations == round(0.5 * len(dl.dataset)) and half.batch_shape[1:] == (1, 201, 81)
     assert torch.equal(half.mean, compute_stats(dl, red_dims=[CHANNEL], fraction=0.5, progress=False)[0].mean)
-    two, = compute_stats(dl, red_dims=GLOBAL, max_batches=2, progress=False)
+    (two,) = compute_stats(dl, red_dims=GLOBAL, max_batches=2, progress=False)
     assert two.nbatches == 2 and two.nobservations == 8
     # the training loader itself (shuffled, last partial batch dropped): every item is still counted once
-    train = get_dls(df, audio, bs=5, crop_signal_to=1000, num_workers=0,
-                    batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())]).train
+    train = get_dls(
+        df,
+        audio,
+        bs=5,
+        crop_signal_to=1000,
+        num_workers=0,
+        batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())],
+    ).train
     assert len(train.dataset) % 5 and train.drop_last and train.shuffle
-    full, = compute_stats(train, red_dims=[CHANNEL], progress=False)
+    (full,) = compute_stats(train, red_dims=[CHANNEL], progress=False)
     assert full.nobservations == len(dl.dataset)
     assert_matches(full, reference([stacked], CHANNEL))
 
@@ -434,14 +469,14 @@ def test_compute_stats_over_get_dls_matches_stacked_batches(esc50_like):
 def test_compute_stats_on_plain_iterables():
     gen = torch.Generator().manual_seed(6)
     xs = [torch.randn(3, 1, 5, 7, generator=gen) * 5 + 1 for _ in range(10)]
-    rec, = compute_stats([(x, torch.zeros(3)) for x in xs], red_dims=[CHANNEL], progress=False)
+    (rec,) = compute_stats([(x, torch.zeros(3)) for x in xs], red_dims=[CHANNEL], progress=False)
     assert_matches(rec, reference(xs, CHANNEL))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs)), batch_size=4)
-    rec, = compute_stats(loader, red_dims=GLOBAL, progress=False)
+    (rec,) = compute_stats(loader, red_dims=GLOBAL, progress=False)
     assert_matches(rec, reference(xs, GLOBAL))
-    some, = compute_stats(xs, red_dims=GLOBAL, fraction=0.3, progress=False)
+    (some,) = compute_stats(xs, red_dims=GLOBAL, fraction=0.3, progress=False)
     assert some.nbatches == 3
-    gen_some, = compute_stats((x for x in xs), red_dims=GLOBAL, fraction=0.5, seed=1, progress=True)
+    (gen_some,) = compute_stats((x for x in xs), red_dims=GLOBAL, fraction=0.5, seed=1, progress=True)
     assert 1 <= gen_some.nbatches <= 10
     with pytest.raises(ValueError, match="fraction"):
         compute_stats(xs, fraction=0)
@@ -452,7 +487,7 @@ def test_compute_stats_on_plain_iterables():
 def test_compute_stats_raises_on_nan_batches():
     xs = [torch.randn(2, 1, 3, 4) for _ in range(3)]
     xs[2][0, 0, 0, 0] = float("nan")
-    rec, = compute_stats(xs, red_dims=GLOBAL, progress=False)
+    (rec,) = compute_stats(xs, red_dims=GLOBAL, progress=False)
     with pytest.raises(ValueError, match="batch 2 .* holds 1 NaN"):
         rec.std
 
@@ -460,6 +495,7 @@ def test_compute_stats_raises_on_nan_batches():
 # -- plotting and the GPU contract -----------------------------------------------------------------
 def test_plot_labels_frequency_in_hz():
     import matplotlib
+
     matplotlib.use("Agg")
     chan = StatsRecorder(CHANNEL).update(spec_batch())
     ax = chan.plot()

@@ -1,4 +1,5 @@
 """The synthetic ESC-50-style dataset: layout, balance, determinism, and that each class sounds as named."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,20 +31,22 @@ def test_layout_matches_esc50(dataset):
 def test_folds_are_balanced(dataset):
     _, df = dataset
     counts = df.groupby(["fold", "category"]).size().unstack(fill_value=0)
-    assert counts.shape == (5, 10)            # every fold holds every class
-    assert (counts.to_numpy() == 2).all()     # 10 clips per class over 5 folds
+    assert counts.shape == (5, 10)  # every fold holds every class
+    assert (counts.to_numpy() == 2).all()  # 10 clips per class over 5 folds
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
     kwargs = dict(n_classes=3, clips_per_class=5, seconds=0.5, sr=16000)
     a = make_synthetic_dataset(tmp_path / "a", seed=7, **kwargs)
     b = make_synthetic_dataset(tmp_path / "b", seed=7, **kwargs)
-    c = make_synthetic_dataset(tmp_path / "c", seed=8, **kwargs)
+    make_synthetic_dataset(tmp_path / "c", seed=8, **kwargs)
     pd.testing.assert_frame_equal(a, b)
     for fn in a.filename:
         assert (tmp_path / "a" / "audio" / fn).read_bytes() == (tmp_path / "b" / "audio" / fn).read_bytes()
-    assert any((tmp_path / "a" / "audio" / fn).read_bytes() != (tmp_path / "c" / "audio" / fn).read_bytes()
-               for fn in a.filename)
+    assert any(
+        (tmp_path / "a" / "audio" / fn).read_bytes() != (tmp_path / "c" / "audio" / fn).read_bytes()
+        for fn in a.filename
+    )
 
 
 def _power_spectrum(path):
@@ -68,7 +71,7 @@ def test_harmonic_class_has_its_harmonics(dataset):
     fn = df.filename[df.category == "harmonic_700"].iloc[0]
     freqs, power = _power_spectrum(root / "audio" / fn)
     f0 = freqs[(freqs > 600) & (freqs < 800)][np.argmax(power[(freqs > 600) & (freqs < 800)])]
-    for k in (2, 3, 4):   # each multiple of the fundamental stands 20 dB above its neighbourhood
+    for k in (2, 3, 4):  # each multiple of the fundamental stands 20 dB above its neighbourhood
         near = (freqs > k * f0 - 150) & (freqs < k * f0 + 150)
         at = np.abs(freqs - k * f0) < 8
         assert 10 * np.log10(power[at].max() / np.median(power[near])) > 20
@@ -92,10 +95,16 @@ def test_background_is_coloured(dataset):
         assert 10 * np.log10(low / high) > 10
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(n_classes=0), "n_classes"), (dict(n_classes=11), "n_classes"),
-    (dict(clips_per_class=4), "clips_per_class"), (dict(sr=8000), "sr"), (dict(seconds=0.0), "seconds"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(n_classes=0), "n_classes"),
+        (dict(n_classes=11), "n_classes"),
+        (dict(clips_per_class=4), "clips_per_class"),
+        (dict(sr=8000), "sr"),
+        (dict(seconds=0.0), "seconds"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic_dataset(tmp_path, **kwargs)
