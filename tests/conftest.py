@@ -1,5 +1,7 @@
 """Shared fixtures: the devices to test on, and synthetic audio written to `tmp_path`."""
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,3 +57,54 @@ def esc50_like(tmp_path):
     "`(df, audio_path)` of a small ESC-50-shaped dataset at 44.1 kHz."
     df = make_esc50_like(tmp_path)
     return df, tmp_path / "audio"
+
+
+# Reading a tensor's value on the host: each of these either copies device memory to the host or branches
+# Python on a value, and on CUDA each waits for the queued kernels (a host sync).
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "__array__")
+
+
+class HostReadError(AssertionError):
+    "Code under `no_host_reads` read a tensor value on the host."
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Fail the code under it when it reads a tensor value on the host (any device).
+
+    Patches `torch.Tensor`'s value-reading methods (`HOST_READS`) and `torch.cuda.synchronize` to raise
+    `HostReadError`; on CUDA it also sets `torch.cuda.set_sync_debug_mode("error")`, which catches the
+    syncs hidden inside torch's own kernels (e.g. `nonzero`, a `.to('cpu')`).
+
+    Example:
+        with no_host_reads():
+            y = transform(x)          # fails the test if `transform` calls .item(), bool(t), ...
+    """
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    saved_sync = torch.cuda.synchronize
+
+    def guard(name):
+        def read(self, *args, **kwargs):
+            raise HostReadError(f"host read: Tensor.{name} on a {tuple(self.shape)} {self.dtype} tensor")
+
+        return read
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, guard(name))
+
+    def sync(*args, **kwargs):
+        raise HostReadError("host read: torch.cuda.synchronize")
+
+    torch.cuda.synchronize = sync
+    cuda = torch.cuda.is_available()
+    if cuda:
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+        torch.cuda.synchronize = saved_sync
+        if cuda:
+            torch.cuda.set_sync_debug_mode(mode)
