@@ -14,3 +14,4 @@ from .sliding import *
 from .spectrogram import *
 from .stats import *
 from .synth import *
+from .views import *
