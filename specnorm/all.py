@@ -13,5 +13,6 @@ from .signal import *
 from .sliding import *
 from .spectrogram import *
 from .stats import *
+from .survey import *
 from .synth import *
 from .views import *
