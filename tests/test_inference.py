@@ -11,6 +11,7 @@ from fastai.learner import Learner, load_learner
 
 from specnorm.config import AudioConfig
 from specnorm.data import get_dls
+from specnorm.normalize import SpecNormalize
 from specnorm.spectrogram import AudioToSpec
 
 SR = 8000
@@ -34,19 +35,18 @@ class ToneClassifier(nn.Module):
         return -(peak[:, None] - self.centres).abs() * self.inv_temperature
 
 
-@pytest.fixture
-def learn(tmp_path):
-    df = make_esc50_like(tmp_path / "data", sr=SR, seconds=0.5)
+def _learner(root, *batch_tfms):
+    df = make_esc50_like(root, sr=SR, seconds=0.5)
+    a2s = AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())
     dls = get_dls(
-        df,
-        tmp_path / "data" / "audio",
-        bs=4,
-        num_workers=0,
-        sample_rate=SR,
-        crop_signal_to=500,
-        batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())],
+        df, root / "audio", bs=4, num_workers=0, sample_rate=SR, crop_signal_to=500, batch_tfms=[a2s, *batch_tfms]
     )
     return Learner(dls, ToneClassifier(dls.c, SR, 201))
+
+
+@pytest.fixture
+def learn(tmp_path):
+    return _learner(tmp_path / "data")
 
 
 @pytest.fixture
@@ -99,4 +99,22 @@ def test_export_and_load_learner_predict_the_same(learn, new_files, tmp_path):
         assert label == _label(fn)
         torch.testing.assert_close(probs, learn.predict(str(fn))[2])
     preds, _ = loaded.get_preds(dl=loaded.dls.test_dl([str(f) for f in new_files]))
+    assert [loaded.dls.vocab[i] for i in preds.argmax(1)] == [_label(f) for f in new_files]
+
+
+@pytest.mark.filterwarnings("ignore:load_learner. uses Python's insecure pickle")
+def test_exported_pipeline_keeps_its_normalization_statistics(tmp_path, new_files):
+    # One global mean/std: standardizing keeps the loudest row, so the tone classifier still applies.
+    learn = _learner(tmp_path / "data", SpecNormalize(axes=(0, 1, 2, 3)))
+    norm = learn.dls.after_batch[-1]
+    learn.export(tmp_path / "model.pkl")
+    loaded = load_learner(tmp_path / "model.pkl", cpu=True)
+    loaded_norm = loaded.dls.after_batch[-1]
+    assert isinstance(loaded_norm, SpecNormalize)
+    torch.testing.assert_close(loaded_norm.mean, norm.mean, rtol=0, atol=0)
+    torch.testing.assert_close(loaded_norm.std, norm.std, rtol=0, atol=0)
+    dl = loaded.dls.test_dl([str(f) for f in new_files])
+    x = dl.one_batch()[0]
+    assert x.standardized and float(x.mean()) == pytest.approx(0, abs=3)  # standardized, not dB near -60
+    preds, _ = loaded.get_preds(dl=dl)
     assert [loaded.dls.vocab[i] for i in preds.argmax(1)] == [_label(f) for f in new_files]
