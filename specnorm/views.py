@@ -18,7 +18,7 @@ import warnings
 
 import torch
 import torchaudio.transforms as T
-from fastai.torch_core import TensorCategory
+from fastai.torch_core import TensorCategory, TensorMultiCategory
 from fastai.vision.data import get_grid
 from fastcore.foundation import L
 from fastcore.imports import in_notebook
@@ -104,7 +104,12 @@ def _hear(xs, titles):
 
 
 def _title(ax, text, right):
-    ax.set_title(text, color=_RIGHT if right else _WRONG, fontsize="medium")
+    "Panel title; green or red when the target is a class (`right` is None for other targets: no colour)."
+    ax.set_title(text, color=None if right is None else _RIGHT if right else _WRONG, fontsize="medium")
+
+
+def _is_class(y):
+    return isinstance(y, (TensorCategory, TensorMultiCategory))
 
 
 @dispatch
@@ -121,7 +126,7 @@ def show_results(
     hear=False,
     **kwargs,
 ):
-    """One grid figure: each waveform or spectrogram titled `target / prediction` (green when they agree).
+    """One grid figure: each waveform or spectrogram titled `target / prediction` (classes: green when right).
 
     Called by `learn.show_results()` and `dls.show_results(b, preds)`; `hear=True` adds players in a notebook;
     other keyword arguments go to the item's `show` (e.g. `colorbar=False`, `cmap`).
@@ -133,7 +138,7 @@ def show_results(
     for (item, *targets), out, ax in zip(samples[:n], outs[:n], ctxs):
         target, pred = _label(targets[0]) if targets else "?", _label(out[0])
         item.show(ctx=ax, **kwargs)
-        _title(ax, f"{target} / {pred}", target == pred)
+        _title(ax, f"{target} / {pred}", target == pred if _is_class(y) else None)
         titles.append(f"target {target}, prediction {pred}")
     ctxs[0].figure.tight_layout()
     if hear:
@@ -168,7 +173,7 @@ def plot_top_losses(
         target, pred = _label(targets[0]) if targets else "?", _label(out[0])
         scores = f"{float(loss):.2f}" + (f" / {float(raw.max()):.2f}" if isinstance(y, TensorCategory) else "")
         item.show(ctx=ax, **kwargs)
-        _title(ax, f"{pred} / {target}\n{scores}", target == pred)
+        _title(ax, f"{pred} / {target}\n{scores}", target == pred if _is_class(y) else None)
         titles.append(f"prediction {pred}, target {target}, loss {float(loss):.2f}")
     axs[0].figure.tight_layout()
     if hear:

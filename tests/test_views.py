@@ -14,6 +14,7 @@ import specnorm.views as views
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.data import get_dls
+from specnorm.normalize import SpecNormalize
 from specnorm.spectrogram import AudioToSpec
 from specnorm.views import spec_to_audio
 
@@ -37,7 +38,7 @@ def learn(request, tmp_path):
     torch.manual_seed(0)
     df = make_esc50_like(tmp_path, sr=8000, seconds=0.5)
     spectrogram = request.param == "spectrogram"
-    batch_tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())] if spectrogram else []
+    batch_tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram()), SpecNormalize()] if spectrogram else []
     dls = get_dls(
         df, tmp_path / "audio", bs=4, num_workers=0, sample_rate=8000, crop_signal_to=500, batch_tfms=batch_tfms
     )
@@ -64,6 +65,8 @@ def test_show_results_draws_one_grid_with_target_and_prediction(learn):
     spectrogram = isinstance(learn.dls.one_batch()[0], AudioSpectrogram)
     # a 2 x 2 grid, plus one colorbar per spectrogram panel
     assert len(fig.axes) == 4 + (4 if spectrogram else 0) and len(_colorbars(fig)) == (4 if spectrogram else 0)
+    # the batch is decoded before it is drawn: SpecNormalize undone, values in dB again
+    assert all(cb.get_ylabel() == "dB" for cb in _colorbars(fig))
     vocab = set(learn.dls.vocab)
     for ax in panels:
         target, pred = ax.get_title().split(" / ")
