@@ -34,7 +34,7 @@ CROP_STEP_MS = 100  # the default crop is rounded up to a multiple of this
 SHORT_CLIP_RATIO = 0.5  # warn when a tenth of the clips are shorter than this fraction of the crop
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: compare surveys field by field
 class AudioSurvey:
     """What `survey_audio` measured, per file, and the defaults it derives (see the module docstring).
 
