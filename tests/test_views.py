@@ -133,18 +133,20 @@ def test_hear_in_a_notebook_shows_one_player_per_panel(learn, monkeypatch):
     Interpretation.from_learner(learn).plot_top_losses(3, hear=True)
     players = [o for o in shown if isinstance(o, Audio)]
     assert len(players) == 3
-    assert all(b"RIFF" in p.data[:4] and b"WAVE" in p.data[:12] for p in players)
+    assert all(p.data[:4] == b"RIFF" and p.data[8:12] == b"WAVE" for p in players)
+    assert {int.from_bytes(p.data[24:28], "little") for p in players} == {8000}  # the WAV header's sample rate
 
 
 @pytest.mark.parametrize("mel", [False, True])
-def test_spec_to_audio_keeps_a_tone_frequency(mel):
+def test_spec_to_audio_keeps_a_tone_frequency(mel, device):
     sr, f = 8000, 1000.0
-    audio = AudioTensor(torch.from_numpy(tone(f, sr, 0.5)), sr=sr)
+    audio = AudioTensor(torch.from_numpy(tone(f, sr, 0.5)), sr=sr).to(device)
     settings = dict(n_fft=512, hop_length=128) | (dict(n_mels=64, sample_rate=sr) if mel else {})
     spec = AudioToSpec(mel=mel, **settings)(audio)
     y = spec_to_audio(spec)
     assert isinstance(y, AudioTensor) and y.sr == sr and y.shape == (1, 3968)  # (frames - 1) * hop
-    spectrum = np.abs(np.fft.rfft(y[0].numpy()))
+    assert y.device == audio.device
+    spectrum = np.abs(np.fft.rfft(y[0].cpu().numpy()))
     peak = np.fft.rfftfreq(y.shape[-1], 1 / sr)[spectrum.argmax()]
     assert peak == pytest.approx(f, abs=40 if mel else 5)  # mel rows near 1 kHz are ~40 Hz apart
 
