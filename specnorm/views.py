@@ -105,7 +105,8 @@ def _hear(xs, titles):
 
 def _title(ax, text, right):
     "Panel title; green or red when the target is a class (`right` is None for other targets: no colour)."
-    ax.set_title(text, color=None if right is None else _RIGHT if right else _WRONG, fontsize="medium")
+    colour = {} if right is None else dict(color=_RIGHT if right else _WRONG)
+    ax.set_title(text, fontsize="medium", **colour)
 
 
 def _is_class(y):

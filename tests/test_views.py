@@ -9,6 +9,7 @@ import torch.nn as nn
 from conftest import make_esc50_like, tone
 from fastai.interpret import Interpretation
 from fastai.learner import Learner
+from fastai.torch_core import TensorBase
 
 import specnorm.views as views
 from specnorm.audio import AudioSpectrogram, AudioTensor
@@ -135,6 +136,19 @@ def test_hear_in_a_notebook_shows_one_player_per_panel(learn, monkeypatch):
     assert len(players) == 3
     assert all(p.data[:4] == b"RIFF" and p.data[8:12] == b"WAVE" for p in players)
     assert {int.from_bytes(p.data[24:28], "little") for p in players} == {8000}  # the WAV header's sample rate
+
+
+def test_show_results_on_numeric_targets_prints_numbers_without_colour():
+    plt.close("all")
+    x = AudioTensor(torch.from_numpy(tone(440, 8000, 0.25, channels=3)), sr=8000)[:, None]  # a batch of 3 clips
+    samples = [(x[i], 0.5 * i) for i in range(3)]
+    outs = [(torch.tensor(0.5 * i + 0.01234),) for i in range(3)]
+    ctxs = views.show_results(x, TensorBase(torch.arange(3.0)), samples, outs)
+    assert len(ctxs) == 3 and len(plt.get_fignums()) == 1
+    assert [ax.get_title() for ax in ctxs] == ["0 / 0.0123", "0.5 / 0.512", "1 / 1.01"]
+    default = matplotlib.rcParams["axes.titlecolor"]
+    assert all(ax.title.get_color() in (default, "black") for ax in ctxs)
+    plt.close("all")
 
 
 @pytest.mark.parametrize("mel", [False, True])
