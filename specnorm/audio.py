@@ -6,6 +6,7 @@ through torch operations, collation and batch transforms. Files are read and wri
 soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
 """
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -43,7 +44,7 @@ class AudioTensor(TensorBase):
         return super().__new__(cls, x, sr=sr, **kwargs)
 
     @classmethod
-    def create(cls, fn, **kwargs):
+    def create(cls, fn: str | os.PathLike, **kwargs):
         "Read `fn` (any format libsndfile reads: WAV, FLAC, OGG, ...) as float32 `[channels, samples]`."
         fn = Path(fn)
         if not fn.is_file():

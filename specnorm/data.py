@@ -27,7 +27,9 @@ def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None, cache_fo
         >>> [type(t).__name__ for t in block.item_tfms[1:]]   # after fastai's ToTensor
         ['Resample', 'DownmixMono', 'ResizeSignal']
     """
-    read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono)
+    # The bound method, not the cache object: fastai reads its annotation (str | os.PathLike) as the input
+    # types, so `dls.test_dl` and `learn.predict` take `Path`s as well as the strings the DataFrame gives.
+    read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono).read
     return TransformBlock(type_tfms=read, item_tfms=audio_item_tfms(sample_rate, force_mono, crop_signal_to))
 
 
