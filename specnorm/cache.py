@@ -124,7 +124,7 @@ class AudioCache:
         audio = cache.pipeline(AudioTensor.create(fn))
         # Row 0 holds the sample rate so one array is one read; float32 holds rates exactly.
         data = np.concatenate([np.full((1, audio.nsamples), audio.sr, np.float32), audio.numpy()])
-        cache._write(cached, data)
+        cache._write(cached, data, fn)
         return audio
 
     def _load(self, cached):
@@ -145,14 +145,20 @@ class AudioCache:
             return None, "it holds NaN or Inf samples"
         return data, None
 
-    def _write(self, cached, data):
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{cached.stem}.", suffix=".tmp")
+    def _write(self, cached, data, fn):
+        "Write `data` to `cached` through a temporary file of this writer's own; OS errors name the entry and `fn`."
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{cached.stem}.", suffix=".tmp")
+        except OSError as e:
+            raise type(e)(e.errno, f"cannot write cache entry {cached} of {fn}: {e.strerror}") from e
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, data, allow_pickle=False)
             os.replace(tmp, cached)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise type(e)(e.errno, f"cannot write cache entry {cached} of {fn}: {e.strerror}") from e
             raise
 
     def __getstate__(self):

@@ -112,6 +112,8 @@ def _check_table(df, path, fn_col, label_col, fold_col, sample_rate=None, crop_s
             try:
                 info = sf.info(path / fn)
             except (sf.LibsndfileError, RuntimeError) as e:
+                if not os.access(path / fn, os.R_OK):
+                    raise PermissionError(f"cannot read audio file {path / fn}: permission denied") from e
                 raise ValueError(f"cannot decode audio file {path / fn} (not audio, or corrupt): {e}") from e
             n = info.frames if sample_rate is None else info.frames * sample_rate // info.samplerate
             if n < need:

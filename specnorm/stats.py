@@ -540,12 +540,18 @@ class StatsRecorder:
         for k in ("nobservations", "nbatches"):
             if not isinstance(state[k], int) or state[k] < 0:
                 raise ValueError(f"StatsRecorder state: {k!r} must be an int >= 0, got {state[k]!r}")
+        omitted = state.get("omitted", 0)
+        if not isinstance(omitted, int) or omitted < 0 or (omitted and state["nan_policy"] == "raise"):
+            raise ValueError(
+                f"StatsRecorder state: 'omitted' must be an int >= 0, and 0 with nan_policy='raise', got {omitted!r}"
+                f" with nan_policy={state['nan_policy']!r}"
+            )
         self.red_dims, self.correction, self.nan_policy = dims, state["correction"], state["nan_policy"]
         self.nobservations, self.nbatches = state["nobservations"], state["nbatches"]
         self.batch_shape = tuple(batch_shape)
         self.settings = dict(state.get("settings") or {})
         self._state = (count.clone(), mean.clone(), m2.clone())
-        self._bad = torch.tensor([-1, 0, int(state.get("omitted", 0))], device=count.device)
+        self._bad = torch.tensor([-1, 0, omitted], device=count.device)
         return self
 
     def save(self, path):

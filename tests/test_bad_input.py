@@ -207,6 +207,14 @@ def test_save_errors_name_the_target_not_a_temporary_file(tmp_path):
     assert not list((tmp_path / "folder").iterdir())
 
 
+def test_state_with_omitted_values_under_raise_is_rejected():
+    state = StatsRecorder(GLOBAL).update(torch.randn(2, 1, 3, 4)).state_dict()
+    with pytest.raises(ValueError, match=r"'omitted' must be .* 0 with nan_policy='raise', got 3"):
+        StatsRecorder().load_state_dict(state | {"omitted": 3})
+    rec = StatsRecorder().load_state_dict(state | {"omitted": 3, "nan_policy": "omit"})
+    assert rec.omitted == 3 and rec.mean.shape == (1, 1, 1, 1)
+
+
 # -- merging recorders of different nan_policy (item 6) --------------------------------------------------
 def test_merging_policies_is_defined_in_both_orders():
     gen = torch.Generator().manual_seed(2)
@@ -257,6 +265,17 @@ def test_cut_flac_raises_naming_the_file(tmp_path):
 def test_unreadable_file_says_so(tmp_path):
     fn = write_audio(tmp_path / "locked.wav", tone(440, 8000, 0.1), 8000)
     fn.chmod(0)
+    with pytest.raises(PermissionError, match=r"cannot read audio file .*locked.wav: Permission denied"):
+        AudioTensor.create(fn)
+
+
+def test_unreadable_file_says_so_even_as_root(tmp_path, monkeypatch):
+    fn = write_audio(tmp_path / "locked.wav", tone(440, 8000, 0.1), 8000)
+
+    def denied(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr("specnorm.audio.open", denied, raising=False)  # what open() does for a non-root user
     with pytest.raises(PermissionError, match=r"cannot read audio file .*locked.wav: Permission denied"):
         AudioTensor.create(fn)
 
@@ -340,6 +359,33 @@ def test_corrupt_cache_entry_is_rebuilt_from_its_source(tmp_path, kind):
         warnings.simplefilter("error")
         np.testing.assert_array_equal(fresh(fn).numpy(), expected)
     assert (fresh.hits, fresh.misses) == (1, 0)
+
+
+def test_concurrent_writers_of_one_entry_do_not_collide(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fn = write_audio(tmp_path / "s.wav", tone(500, 22050, 0.5), 22050)
+    expected = Resample(16000)(AudioTensor.create(fn)).numpy()
+    for round_ in range(5):
+        caches = [AudioCache(tmp_path / f"cache{round_}") for _ in range(8)]  # 8 writers, none sees a hit
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda c: c(fn).numpy(), caches))
+        for g in got:
+            np.testing.assert_array_equal(g, expected)
+        assert [p.suffix for p in caches[0].folder.iterdir()] == [".npy"]
+
+
+def test_cache_write_errors_name_the_entry_and_source(tmp_path, monkeypatch):
+    fn = write_audio(tmp_path / "s.wav", tone(500, 16000, 0.1), 16000)
+    cache = AudioCache(tmp_path / "cache")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/random/.tmpXXXX")
+
+    monkeypatch.setattr(cache_module.tempfile, "mkstemp", denied)
+    with pytest.raises(PermissionError, match=r"cannot write cache entry .*\.npy of .*s.wav: Permission denied") as e:
+        cache(fn)
+    assert "tmpXXXX" not in str(e.value)
 
 
 def test_temporary_files_of_killed_writers_are_removed(tmp_path):
