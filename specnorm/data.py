@@ -50,20 +50,23 @@ def _rows(df, mask, limit=5):
     return f"{', '.join(map(repr, idx[:limit]))}{' ...' if len(idx) > limit else ''}"
 
 
-def _min_samples(batch_tfms):
-    "Fewest samples the spectrogram transforms in `batch_tfms` take (reflect padding needs more than n_fft // 2)."
-    tfms = batch_tfms if isinstance(batch_tfms, (list, tuple)) else [batch_tfms] if batch_tfms is not None else []
-    n_ffts = [t.settings.get("n_fft", 400) for t in tfms if isinstance(t, AudioToSpec)]
+def _min_samples(*tfms):
+    "Fewest samples the spectrogram transforms among `tfms` (each a transform, a list or None) take."
+    flat = [t for ts in tfms for t in (ts if isinstance(ts, (list, tuple)) else [ts])]
+    # torch's reflect padding of centred frames needs more samples than n_fft // 2
+    n_ffts = [t.settings.get("n_fft", 400) for t in flat if isinstance(t, AudioToSpec)]
     return max(n_ffts) // 2 + 1 if n_ffts else 1
 
 
-def _check_table(df, path, fn_col, label_col, fold_col, sample_rate=None, crop_signal_to=None, batch_tfms=None):
+def _check_table(
+    df, path, fn_col, label_col, fold_col, sample_rate=None, crop_signal_to=None, item_tfms=None, batch_tfms=None
+):
     """Check `get_dls`'s DataFrame and files up front; every error names the column, the rows and the values.
 
     File names must be strings (or paths) relative to `path` that stay inside it (no absolute paths, no
     `..` out of the folder) and name existing files; labels and folds must not be empty (NaN). Without
     `crop_signal_to` (which pads), every file must hold enough samples, at `sample_rate`, for the
-    spectrogram transforms in `batch_tfms` (headers only are read).
+    spectrogram transforms in `item_tfms` and `batch_tfms` (headers only are read).
     """
     path = Path(path)
     _require_columns(df, fn_col, label_col, fold_col)
@@ -105,7 +108,7 @@ def _check_table(df, path, fn_col, label_col, fold_col, sample_rate=None, crop_s
             f"{len(missing)} files listed in column {fn_col!r} are not in {path}: "
             f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
         )
-    need = _min_samples(batch_tfms)
+    need = _min_samples(item_tfms, batch_tfms)
     if crop_signal_to is None and need > 1:
         short = []
         for fn in names:
@@ -182,7 +185,7 @@ def get_dls(
         ...               batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())])  # doctest: +SKIP
     """
     path = Path(path)
-    _check_table(df, path, fn_col, label_col, fold_col, sample_rate, crop_signal_to, batch_tfms)
+    _check_table(df, path, fn_col, label_col, fold_col, sample_rate, crop_signal_to, item_tfms, batch_tfms)
     block = DataBlock(
         blocks=(AudioBlock(sample_rate, force_mono, crop_signal_to, cache_folder), CategoryBlock),
         get_x=ColReader(fn_col, pref=f"{path}/"),
