@@ -104,7 +104,7 @@ def _digest(tensors, config):
     h.update(json.dumps(config, sort_keys=True).encode())
     for k in sorted(tensors):
         h.update(f"{k}{tuple(tensors[k].shape)}{tensors[k].dtype}".encode())
-        h.update(tensors[k].contiguous().numpy().tobytes())
+        h.update(tensors[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
     return h.hexdigest()
 
 

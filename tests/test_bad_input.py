@@ -177,6 +177,16 @@ def test_any_edited_setting_is_rejected(tmp_path, key, value):
         StatsRecorder.load(tmp_path / "edited.safetensors")
 
 
+def test_swapped_tensor_of_another_dtype_is_rejected(tmp_path):
+    path, _ = _saved(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["mean"] = tensors["mean"].bfloat16()  # numpy has no bfloat16: the checksum must still be computed
+    save_file(tensors, str(tmp_path / "bf16.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"bf16.safetensors: .*checksum"):
+        StatsRecorder.load(tmp_path / "bf16.safetensors")
+
+
 def test_unedited_file_loads_and_old_format_is_named(tmp_path):
     path, x = _saved(tmp_path, correction=1)
     rec = StatsRecorder.load(path)
