@@ -6,6 +6,8 @@ through torch operations, collation and batch transforms. Files are read and wri
 soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
 """
 
+import os
+import struct
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,6 +19,66 @@ from fastai.vision.data import get_grid
 from plum import dispatch
 
 __all__ = ["AudioSpectrogram", "AudioTensor", "show_batch"]
+
+_READ_OPTIONS = {"frame_offset": "start", "num_frames": "frames", "start": "start", "stop": "stop", "frames": "frames"}
+
+
+def _read_options(fn, kwargs):
+    "`AudioTensor.create`'s keywords as `soundfile.read` options (torchaudio's names mapped to soundfile's)."
+    unknown = sorted(set(kwargs) - set(_READ_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"AudioTensor.create({fn}) got unknown options {unknown}: it takes frame_offset and num_frames "
+            "(torchaudio's names, as in fastaudio), or soundfile's start, stop and frames"
+        )
+    options = {}
+    for k, v in kwargs.items():
+        name = _READ_OPTIONS[k]
+        if name in options:
+            raise TypeError(f"AudioTensor.create({fn}): give {name!r} once (as {k!r} or its other name)")
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (-1 if name == "frames" else 0):
+            raise ValueError(
+                f"AudioTensor.create({fn}): {k} must be an int >= {-1 if name == 'frames' else 0}, got {v!r}"
+            )
+        options[name] = int(v)
+    return options
+
+
+def _check_wav_length(fn):
+    """Raise if the WAV file `fn` holds fewer bytes than its data chunk's header declares.
+
+    libsndfile reads what there is without an error (half of a cut file), so the header is read here.
+    Other formats are left to the decoder (a cut FLAC file fails to decode). Data sizes of 0 and 2**32 - 1
+    mean 'unknown' (streamed WAV, RF64) and are not checked.
+    """
+    try:
+        f = open(fn, "rb")
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot read audio file {fn}: {e.strerror}") from e
+    with f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return
+        order, size, block = "<" if head[:4] == b"RIFF" else ">", os.fstat(f.fileno()).st_size, 0
+        while len(chunk := f.read(8)) == 8:
+            cid, n = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            if cid == b"fmt " and n >= 14:
+                block = struct.unpack(order + "H", f.read(14)[12:14])[0]
+                f.seek(n - 14 + (n & 1), 1)
+            elif cid == b"data":
+                held = size - f.tell()
+                if 0 < n < 0xFFFFFFFF and held < n:
+                    if block:
+                        raise ValueError(
+                            f"audio file {fn} is truncated: it holds {held // block} of the {n // block} "
+                            "samples its header declares"
+                        )
+                    raise ValueError(
+                        f"audio file {fn} is truncated: it holds {held} of the {n} bytes its header declares"
+                    )
+                return
+            else:
+                f.seek(n + (n & 1), 1)
 
 
 class AudioTensor(TensorBase):
@@ -43,21 +105,34 @@ class AudioTensor(TensorBase):
         return super().__new__(cls, x, sr=sr, **kwargs)
 
     @classmethod
-    def create(cls, fn, **kwargs):
-        "Read `fn` (any format libsndfile reads: WAV, FLAC, OGG, ...) as float32 `[channels, samples]`."
+    def create(cls, fn: str | os.PathLike, **kwargs):
+        """Read `fn` (any format libsndfile reads: WAV, FLAC, OGG, ...) as float32 `[channels, samples]`.
+
+        Args:
+            fn (str or os.PathLike): the file.
+            frame_offset, num_frames (int): read `num_frames` samples (-1: to the end) from sample
+                `frame_offset`: fastaudio 1.0.2's `torchaudio.load` options. soundfile's `start`, `stop`
+                and `frames` work too. Any other keyword is a TypeError.
+
+        Raises a clear error naming the file when it is missing, unreadable, not audio, empty, holds
+        NaN/Inf samples, or is a WAV file shorter than its header declares (a cut copy or download).
+        """
         fn = Path(fn)
         if not fn.is_file():
             raise FileNotFoundError(f"audio file not found: {fn}")
+        options = _read_options(fn, kwargs)
+        _check_wav_length(fn)  # also opens the file: an unreadable one fails here, naming it
         try:
-            data, sr = sf.read(fn, dtype="float32", always_2d=True)
+            data, sr = sf.read(fn, dtype="float32", always_2d=True, **options)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            raise ValueError(f"cannot decode audio file {fn}: {e}") from e
+            raise ValueError(f"cannot decode audio file {fn} (not audio, or corrupt): {e}") from e
         if data.shape[0] == 0:
-            raise ValueError(f"audio file {fn} has no samples")
+            where = f" from sample {options.get('start', 0)}" if options else ""
+            raise ValueError(f"audio file {fn} has no samples{where}")
         # numpy's check is 20x faster than torch.isfinite on a TensorBase subclass (profiled).
         if not np.isfinite(data).all():
             raise ValueError(f"audio file {fn} contains {int((~np.isfinite(data)).sum())} NaN or Inf samples")
-        return cls(torch.from_numpy(np.ascontiguousarray(data.T)), sr=sr, **kwargs)
+        return cls(torch.from_numpy(np.ascontiguousarray(data.T)), sr=sr)
 
     @property
     def nsamples(self):

@@ -4,14 +4,17 @@
 a label and a cross-validation fold per clip) from any DataFrame of that shape.
 """
 
+import os
 from pathlib import Path
 
+import soundfile as sf
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import ColReader
 
 from .audio import AudioTensor
 from .cache import AudioCache
 from .signal import audio_item_tfms
+from .spectrogram import AudioToSpec
 
 __all__ = ["AudioBlock", "CrossValidationSplitter", "get_dls"]
 
@@ -27,7 +30,9 @@ def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None, cache_fo
         >>> [type(t).__name__ for t in block.item_tfms[1:]]   # after fastai's ToTensor
         ['Resample', 'DownmixMono', 'ResizeSignal']
     """
-    read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono)
+    # The bound method, not the cache object: fastai reads its annotation (str | os.PathLike) as the input
+    # types, so `dls.test_dl` and `learn.predict` take `Path`s as well as the strings the DataFrame gives.
+    read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono).read
     return TransformBlock(type_tfms=read, item_tfms=audio_item_tfms(sample_rate, force_mono, crop_signal_to))
 
 
@@ -37,6 +42,91 @@ def _require_columns(df, *cols):
         raise ValueError(
             f"the DataFrame has no column {', '.join(map(repr, missing))} (its columns: {list(df.columns)})"
         )
+
+
+def _rows(df, mask, limit=5):
+    "The index labels of `df` where `mask` holds, for messages."
+    idx = df.index[mask].tolist()
+    return f"{', '.join(map(repr, idx[:limit]))}{' ...' if len(idx) > limit else ''}"
+
+
+def _min_samples(*tfms):
+    "Fewest samples the spectrogram transforms among `tfms` (each a transform, a list or None) take."
+    flat = [t for ts in tfms for t in (ts if isinstance(ts, (list, tuple)) else [ts])]
+    # torch's reflect padding of centred frames needs more samples than n_fft // 2
+    n_ffts = [t.settings.get("n_fft", 400) for t in flat if isinstance(t, AudioToSpec)]
+    return max(n_ffts) // 2 + 1 if n_ffts else 1
+
+
+def _check_table(
+    df, path, fn_col, label_col, fold_col, sample_rate=None, crop_signal_to=None, item_tfms=None, batch_tfms=None
+):
+    """Check `get_dls`'s DataFrame and files up front; every error names the column, the rows and the values.
+
+    File names must be strings (or paths) relative to `path` that stay inside it (no absolute paths, no
+    `..` out of the folder) and name existing files; labels and folds must not be empty (NaN). Without
+    `crop_signal_to` (which pads), every file must hold enough samples, at `sample_rate`, for the
+    spectrogram transforms in `item_tfms` and `batch_tfms` (headers only are read).
+    """
+    path = Path(path)
+    _require_columns(df, fn_col, label_col, fold_col)
+    if not path.is_dir():
+        raise FileNotFoundError(f"audio folder not found: {path}")
+    if len(df) == 0:
+        raise ValueError("the DataFrame has no rows")
+    names = df[fn_col]
+    for col in (fn_col, label_col, fold_col):
+        empty = df[col].isna().to_numpy()
+        if empty.any():
+            raise ValueError(
+                f"column {col!r} is empty (NaN or None) in {int(empty.sum())} rows, index {_rows(df, empty)}: "
+                "fill them in or drop those rows"
+            )
+    bad = ~names.map(lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "").to_numpy()
+    if bad.any():
+        first = names[bad].iloc[0]
+        raise ValueError(
+            f"column {fn_col!r} must hold file names (strings), but rows with index {_rows(df, bad)} hold "
+            f"values such as {first!r} ({type(first).__name__})"
+        )
+    absolute = names.map(lambda v: os.path.isabs(v)).to_numpy()
+    if absolute.any():
+        raise ValueError(
+            f"column {fn_col!r} must hold file names relative to {path}, but rows with index {_rows(df, absolute)} "
+            f"hold absolute paths such as {names[absolute].iloc[0]!r}"
+        )
+    root = os.path.abspath(path)  # lexical, like the join that reads the files: symlinks inside the folder are fine
+    outside = names.map(lambda v: not os.path.abspath(os.path.join(root, v)).startswith(root + os.sep)).to_numpy()
+    if outside.any():
+        raise ValueError(
+            f"column {fn_col!r}: rows with index {_rows(df, outside)} name files outside the audio folder {path}, "
+            f"such as {names[outside].iloc[0]!r}"
+        )
+    missing = [fn for fn in names if not (path / fn).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} files listed in column {fn_col!r} are not in {path}: "
+            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
+        )
+    need = _min_samples(item_tfms, batch_tfms)
+    if crop_signal_to is None and need > 1:
+        short = []
+        for fn in names:
+            try:
+                info = sf.info(path / fn)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                if not os.access(path / fn, os.R_OK):
+                    raise PermissionError(f"cannot read audio file {path / fn}: permission denied") from e
+                raise ValueError(f"cannot decode audio file {path / fn} (not audio, or corrupt): {e}") from e
+            n = info.frames if sample_rate is None else info.frames * sample_rate // info.samplerate
+            if n < need:
+                short.append(f"{fn} ({n} samples)")
+        if short:
+            raise ValueError(
+                f"{len(short)} files are too short for the spectrogram's n_fft (it needs at least {need} samples"
+                f"{'' if sample_rate is None else f' at {sample_rate} Hz'}): {', '.join(short[:5])}"
+                f"{' ...' if len(short) > 5 else ''}; pad them with crop_signal_to=..., or drop them"
+            )
 
 
 def CrossValidationSplitter(col="fold", fold=1):
@@ -52,7 +142,10 @@ def CrossValidationSplitter(col="fold", fold=1):
         _require_columns(df, col)
         is_valid = (df[col] == fold).to_numpy()
         if not is_valid.any():
-            raise ValueError(f"fold {fold!r} has no rows in column {col!r} (its values: {sorted(df[col].unique())})")
+            values = sorted(df[col].unique().tolist(), key=str)  # key=str: NaN, or strings mixed with numbers
+            same = [v for v in values if str(v) == str(fold)]  # e.g. fold=1 for a column of strings '1', '2', ...
+            hint = f": did you mean fold={same[0]!r}?" if same else ""
+            raise ValueError(f"fold {fold!r} has no rows in column {col!r} (its values: {values}){hint}")
         if is_valid.all():
             raise ValueError(f"every row is in fold {fold!r} of column {col!r}: nothing is left to train on")
         return (~is_valid).nonzero()[0].tolist(), is_valid.nonzero()[0].tolist()
@@ -92,15 +185,7 @@ def get_dls(
         ...               batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())])  # doctest: +SKIP
     """
     path = Path(path)
-    _require_columns(df, fn_col, label_col, fold_col)
-    if not path.is_dir():
-        raise FileNotFoundError(f"audio folder not found: {path}")
-    missing = [fn for fn in df[fn_col] if not (path / fn).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} files listed in column {fn_col!r} are not in {path}: "
-            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
-        )
+    _check_table(df, path, fn_col, label_col, fold_col, sample_rate, crop_signal_to, item_tfms, batch_tfms)
     block = DataBlock(
         blocks=(AudioBlock(sample_rate, force_mono, crop_signal_to, cache_folder), CategoryBlock),
         get_x=ColReader(fn_col, pref=f"{path}/"),

@@ -24,7 +24,9 @@ raised when statistics are next read (`mean`, `std`, `var`, `state_dict`, `save`
 import copy
 import hashlib
 import json
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +35,15 @@ import torch.distributed as dist
 from fastai.data.load import DataLoader as FastaiDataLoader
 from fastprogress.fastprogress import progress_bar
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from .audio import AudioSpectrogram
 
 __all__ = ["StatsRecorder", "compute_stats"]
 
 _SETTINGS = ("sr", "n_fft", "hop_length", "win_length", "mel", "n_mels", "f_min", "f_max", "to_db", "mfcc", "n_mfcc")
-_FORMAT = "specnorm.StatsRecorder/1"
-_MAX_DIMS = 8  # all_reduce exchanges batch shapes in a fixed-size integer header
+_FORMAT = "specnorm.StatsRecorder/2"  # /2: the checksum covers the settings too
+_MAX_DIMS = 8  # all_reduce exchanges batch shapes and red_dims in a fixed-size header
 
 
 def _chan(a, b):
@@ -96,12 +98,117 @@ def _plain(v):
     return v
 
 
-def _digest(tensors):
-    h = hashlib.sha256()
+def _digest(tensors, config):
+    "SHA-256 of everything `load` reads: the format, the settings `config` (a dict, without 'sha256') and the tensors."
+    h = hashlib.sha256(_FORMAT.encode())
+    h.update(json.dumps(config, sort_keys=True).encode())
     for k in sorted(tensors):
         h.update(f"{k}{tuple(tensors[k].shape)}{tensors[k].dtype}".encode())
-        h.update(tensors[k].contiguous().numpy().tobytes())
+        h.update(tensors[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
     return h.hexdigest()
+
+
+def _write_atomic(path, data):
+    "Write bytes to `path` through a temporary file in its folder; OS errors name `path`, never the temporary file."
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror} (in folder {path.parent})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from e
+
+
+# all_reduce's header, float64 (exact for ints < 2**53): status, error value, ndim, shape, len(red_dims), red_dims,
+# nan_policy, correction, state dtype, nobservations, nbatches, first NaN batch, its count, NaN/Inf count.
+_H_STATUS, _H_VALUE, _H_NDIM, _H_SHAPE = 0, 1, 2, 3
+_H_NRED = _H_SHAPE + _MAX_DIMS
+_H_RED = _H_NRED + 1
+_H_POLICY, _H_CORR, _H_DTYPE, _H_NOBS, _H_NBATCHES, _H_BAD = range(_H_RED + _MAX_DIMS, _H_RED + _MAX_DIMS + 6)
+_H_SIZE = _H_BAD + 3
+_POLICIES = ("raise", "omit")
+_DTYPES = (torch.float64, torch.float32)
+_LOCAL_ERRORS = {  # status code -> what a rank that failed its local check reports to every rank
+    1: "its batches have {} dims, and all_reduce handles up to " + str(_MAX_DIMS),
+    2: "its red_dims have {} entries, and all_reduce handles up to " + str(_MAX_DIMS),
+    3: "its recorder failed a local check (the error is chained on that rank)",
+}
+
+
+def _header(rec):
+    "(header, error): the fixed-size float64 header of `rec` for all_reduce; a failed local check is a status code."
+    h = [0.0] * _H_SIZE
+    try:
+        shape, dims = list(rec.batch_shape or []), list(rec.red_dims)
+        if len(shape) > _MAX_DIMS:
+            h[_H_STATUS], h[_H_VALUE] = 1, len(shape)
+            return h, None
+        if len(dims) > _MAX_DIMS:
+            h[_H_STATUS], h[_H_VALUE] = 2, len(dims)
+            return h, None
+        h[_H_NDIM], h[_H_SHAPE : _H_SHAPE + len(shape)] = len(shape), shape
+        h[_H_NRED], h[_H_RED : _H_RED + len(dims)] = len(dims), dims
+        h[_H_POLICY], h[_H_CORR] = _POLICIES.index(rec.nan_policy), float(rec.correction)
+        h[_H_DTYPE] = _DTYPES.index(rec._state[0].dtype) if rec._state is not None else 0
+        h[_H_NOBS], h[_H_NBATCHES] = rec.nobservations, rec.nbatches
+        h[_H_BAD : _H_BAD + 3] = rec._bad.tolist() if rec._bad is not None else [-1, 0, 0]
+    except Exception as e:  # any local failure must still reach the other ranks
+        h = [0.0] * _H_SIZE
+        h[_H_STATUS] = 3
+        return h, e
+    return h, None
+
+
+def _check_headers(headers):
+    """Validate the gathered headers: the same on every rank, so every rank raises the same error (none waits).
+
+    Returns (red_dims, the batch shape of the first rank with data, the statistics' shape)."""
+    ints = [[int(v) for v in h] for h in headers]
+    failed = [(r, h[_H_STATUS], h[_H_VALUE]) for r, h in enumerate(ints) if h[_H_STATUS]]
+    if failed:
+        what = "; ".join(f"rank {r}: " + _LOCAL_ERRORS[code].format(v) for r, code, v in failed)
+        raise ValueError(f"all_reduce: {len(failed)} rank(s) cannot take part ({what}); every rank raises this")
+    for name, col, show in (
+        ("nan_policy", _H_POLICY, lambda v: repr(_POLICIES[int(v)])),
+        ("correction", _H_CORR, lambda v: f"{v:g}"),
+        ("statistics dtype", _H_DTYPE, lambda v: str(_DTYPES[int(v)])),
+    ):
+        if len({h[col] for h in headers}) > 1:
+            values = ", ".join(f"rank {r}: {show(h[col])}" for r, h in enumerate(headers))
+            raise ValueError(f"all_reduce: the ranks' recorders differ in {name} ({values})")
+    ranks = [r for r, h in enumerate(ints) if h[_H_NBATCHES]]
+    if not ranks:
+        raise RuntimeError("all_reduce: no process has seen any data")
+    shapes = {r: tuple(h[_H_SHAPE : _H_SHAPE + h[_H_NDIM]]) for r, h in enumerate(ints) if r in ranks}
+    ref = shapes[ranks[0]]
+    dims = {}
+    for r, h in enumerate(ints):
+        raw = tuple(h[_H_RED : _H_RED + h[_H_NRED]])
+        try:
+            dims[r] = _resolve(raw, shapes.get(r, ref))
+        except ValueError as e:
+            raise ValueError(f"all_reduce: rank {r}'s {e}") from None
+    if len(set(dims.values())) > 1:
+        values = ", ".join(f"rank {r}: {d}" for r, d in dims.items())
+        raise ValueError(f"all_reduce: the ranks' recorders differ in red_dims ({values})")
+    red = dims[ranks[0]]
+    stat_shapes = {r: _stat_shape(s, red) for r, s in shapes.items()}
+    if len({len(s) for s in shapes.values()}) > 1 or len(set(stat_shapes.values())) > 1:
+        values = ", ".join(f"rank {r}: {s}" for r, s in shapes.items())
+        raise ValueError(f"all_reduce: the ranks' batch shapes differ on dims outside red_dims {red} ({values})")
+    if _POLICIES[int(headers[0][_H_POLICY])] == "raise":
+        for r, h in enumerate(ints):
+            if h[_H_BAD + 2]:
+                raise ValueError(
+                    f"all_reduce: rank {r}'s batch {h[_H_BAD]} (counting from 0) holds {h[_H_BAD + 1]} NaN or Inf"
+                    f" values ({h[_H_BAD + 2]} on that rank): clean the data, or use nan_policy='omit'"
+                )
+    return red, ref, stat_shapes[ranks[0]]
 
 
 class StatsRecorder:
@@ -278,18 +385,34 @@ class StatsRecorder:
 
     # -- merging ----------------------------------------------------------------------------------
     def merge(self, other):
-        "Fold the statistics of `other` into this recorder (exact, order-independent); returns `self`."
+        """Fold the statistics of `other` into this recorder (exact, order-independent); returns `self`.
+
+        The result keeps this recorder's `correction` and `nan_policy`. Recorders of different
+        `nan_policy` merge only while the 'omit' one has left out no value (it then holds exactly what a
+        'raise' recorder would); otherwise merging raises a ValueError, in either order, because the
+        result could not honour both policies. Omitted counts of two 'omit' recorders add up.
+        """
         if not isinstance(other, StatsRecorder):
             raise TypeError(f"can only merge a StatsRecorder, got {type(other).__name__}")
         if other._state is None:
             return self
         other._check()
+        if self._state is not None:
+            self._check()
+        if self.nan_policy != other.nan_policy:
+            if self.omitted or other.omitted:
+                raise ValueError(
+                    f"cannot merge a recorder with nan_policy={other.nan_policy!r} ({other.omitted} values omitted)"
+                    f" into one with nan_policy={self.nan_policy!r} ({self.omitted} values omitted): the result"
+                    " could not honour both; use the same nan_policy for both"
+                )
         dims = _resolve(self.red_dims, other.batch_shape)
         if dims != other.red_dims:
             raise ValueError(f"cannot merge recorders over red_dims {self.red_dims} and {other.red_dims}")
         if self._state is None:
             state = copy.deepcopy({k: v for k, v in vars(other).items() if k not in ("correction", "nan_policy")})
             vars(self).update(state)
+            self._bad = torch.tensor([-1, 0, other.omitted], device=self.device)
             return self
         self._check()
         if self._shape != other._shape:
@@ -314,58 +437,48 @@ class StatsRecorder:
 
     def all_reduce(self, group=None):
         """Combine the recorders of every process in `group` (gloo or nccl): each rank gets the statistics
-        of all the data, folded in rank order, as one process would compute them. Returns `self`."""
+        of all the data, folded in rank order, as one process would compute them. Returns `self`.
+
+        The ranks first exchange a fixed-size header (batch shape, red_dims, nan_policy, correction, dtype,
+        counts, NaN/Inf counts, and whether the rank failed a local check). Every rank checks the same
+        headers, so a mismatch, a NaN/Inf under 'raise' or a failed check on any rank raises the same
+        ValueError, naming the ranks and their values, on every rank at once: none is left waiting in a
+        collective. (A rank that never calls `all_reduce` still leaves the others waiting until the
+        process group's timeout.)
+        """
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("all_reduce needs torch.distributed: call torch.distributed.init_process_group first")
         world = dist.get_world_size(group)
-        device = self.device or (
+        comm = (
             torch.device("cuda", torch.cuda.current_device())
             if dist.get_backend(group) == "nccl"
             else torch.device("cpu")
         )
-        shape = list(self.batch_shape or [])
-        if len(shape) > _MAX_DIMS:
-            raise ValueError(f"all_reduce handles batches of up to {_MAX_DIMS} dims, not {len(shape)}")
-        bad = self._bad.tolist() if self._bad is not None else [-1, 0, 0]
-        header = torch.tensor(
-            [len(shape), *shape, *[0] * (_MAX_DIMS - len(shape)), self.nobservations, self.nbatches, *bad],
-            device=device,
-        )
+        header, exc = _header(self)
+        header = torch.tensor(header, dtype=torch.float64, device=comm)
         headers = [torch.empty_like(header) for _ in range(world)]
         dist.all_gather(headers, header, group=group)
-        headers = torch.stack(headers).tolist()
-        # Every rank sees the same headers, so every rank raises the same error: none is left waiting.
-        ranks = [r for r, h in enumerate(headers) if h[0] and h[_MAX_DIMS + 2]]
-        if not ranks:
-            raise RuntimeError("all_reduce: no process has seen any data")
-        shapes = {r: tuple(headers[r][1 : 1 + headers[r][0]]) for r in ranks}
-        dims = _resolve(self.red_dims, shapes[ranks[0]])
-        stat_shapes = {r: _stat_shape(s, dims) for r, s in shapes.items()}
-        if len(set(stat_shapes.values())) > 1:
-            raise ValueError(
-                f"all_reduce: the ranks' batch shapes do not fit each other on dims outside {dims}: {shapes}"
-            )
-        if self.nan_policy == "raise":
-            for r, h in enumerate(headers):
-                if h[-1]:
-                    raise ValueError(
-                        f"all_reduce: rank {r}'s batch {h[-3]} holds {h[-2]} NaN or Inf values ({h[-1]} on that rank)"
-                    )
-        stat_shape = stat_shapes[ranks[0]]
+        try:
+            dims, batch_shape, stat_shape = _check_headers(torch.stack(headers).tolist())
+        except ValueError as e:
+            raise e from exc
         local = (
-            torch.stack(self._state)
+            torch.stack(self._state).to(comm)
             if self._state is not None
-            else torch.zeros(3, *stat_shape, dtype=torch.float64, device=device)
+            else torch.zeros(3, *stat_shape, dtype=torch.float64, device=comm)
         )
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=group)
         state = tuple(gathered[0])
         for part in gathered[1:]:
             state = _chan(state, tuple(part))
-        self.red_dims, self.batch_shape, self._state = dims, shapes[ranks[0]], state
-        self.nobservations = sum(h[_MAX_DIMS + 1] for h in headers)
-        self.nbatches = sum(h[_MAX_DIMS + 2] for h in headers)
-        self._bad = torch.tensor([-1, 0, sum(h[-1] for h in headers)], device=device)
+        device = self.device or comm
+        headers = torch.stack(headers).long().tolist()
+        self.red_dims, self.batch_shape = dims, batch_shape
+        self._state = tuple(t.to(device) for t in state)
+        self.nobservations = sum(h[_H_NOBS] for h in headers)
+        self.nbatches = sum(h[_H_NBATCHES] for h in headers)
+        self._bad = torch.tensor([-1, 0, sum(h[_H_BAD + 2] for h in headers)], device=device)
         return self
 
     # -- persistence ------------------------------------------------------------------------------
@@ -427,21 +540,31 @@ class StatsRecorder:
         for k in ("nobservations", "nbatches"):
             if not isinstance(state[k], int) or state[k] < 0:
                 raise ValueError(f"StatsRecorder state: {k!r} must be an int >= 0, got {state[k]!r}")
+        omitted = state.get("omitted", 0)
+        if not isinstance(omitted, int) or omitted < 0 or (omitted and state["nan_policy"] == "raise"):
+            raise ValueError(
+                f"StatsRecorder state: 'omitted' must be an int >= 0, and 0 with nan_policy='raise', got {omitted!r}"
+                f" with nan_policy={state['nan_policy']!r}"
+            )
         self.red_dims, self.correction, self.nan_policy = dims, state["correction"], state["nan_policy"]
         self.nobservations, self.nbatches = state["nobservations"], state["nbatches"]
         self.batch_shape = tuple(batch_shape)
         self.settings = dict(state.get("settings") or {})
         self._state = (count.clone(), mean.clone(), m2.clone())
-        self._bad = torch.tensor([-1, 0, int(state.get("omitted", 0))], device=count.device)
+        self._bad = torch.tensor([-1, 0, omitted], device=count.device)
         return self
 
     def save(self, path):
-        "Write a safetensors file: float64 tensors, settings as JSON metadata, a SHA-256 of the tensors."
+        """Write a safetensors file: float64 tensors, settings as JSON metadata, and a SHA-256 of both
+        (`load` rejects any change). Written through a temporary file in the same folder, then renamed."""
+        path = Path(path)
         state = self.state_dict()
         tensors = {k: state.pop(k).cpu().contiguous() for k in ("count", "mean", "m2")}
-        state["sha256"] = _digest(tensors)
-        save_file(tensors, str(path), metadata={"format": _FORMAT, "config": json.dumps(state)})
-        return Path(path)
+        state["sha256"] = _digest(tensors, state)
+        if path.is_dir():
+            raise IsADirectoryError(f"cannot write statistics to {path}: it is a folder; give a file name")
+        _write_atomic(path, save_bytes(tensors, metadata={"format": _FORMAT, "config": json.dumps(state)}))
+        return path
 
     @classmethod
     def load(cls, path, device="cpu"):
@@ -454,6 +577,11 @@ class StatsRecorder:
                 meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+        if meta.get("format") == "specnorm.StatsRecorder/1":
+            raise ValueError(
+                f"{path} was written by an earlier specnorm (format 'specnorm.StatsRecorder/1') whose checksum"
+                " does not cover the settings, so it cannot be verified: compute the statistics again and save them"
+            )
         if meta.get("format") != _FORMAT:
             raise ValueError(
                 f"{path} is not a StatsRecorder file: its format is {meta.get('format')!r}, not {_FORMAT!r}"
@@ -462,9 +590,10 @@ class StatsRecorder:
             state = json.loads(meta["config"])
         except (KeyError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: the settings metadata is missing or is not JSON ({e})") from e
-        if not isinstance(state, dict) or state.pop("sha256", None) != _digest(tensors):
+        if not isinstance(state, dict) or state.pop("sha256", None) != _digest(tensors, state):
             raise ValueError(
-                f"{path}: the statistics do not match their SHA-256 checksum: the file was modified or corrupted"
+                f"{path}: the statistics and settings do not match their SHA-256 checksum: the file was modified"
+                " or corrupted"
             )
         state.update({k: t.to(device) for k, t in tensors.items()})
         return cls().load_state_dict(state)

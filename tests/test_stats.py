@@ -380,7 +380,8 @@ def _rewrite(path, out, **changes):
     with safe_open(str(path), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors |= changes
-    config = json.loads(meta["config"]) | {"sha256": stats_module._digest(tensors)}
+    config = {k: v for k, v in json.loads(meta["config"]).items() if k != "sha256"}
+    config["sha256"] = stats_module._digest(tensors, config)
     save_file(tensors, str(out), metadata=meta | {"config": json.dumps(config)})
     return out
 
@@ -422,7 +423,7 @@ def test_no_pickle_is_involved(tmp_path, monkeypatch):
     path = _saved(tmp_path)
     raw = path.read_bytes()
     header = int.from_bytes(raw[:8], "little")
-    assert json.loads(raw[8 : 8 + header])["__metadata__"]["format"] == "specnorm.StatsRecorder/1"  # plain safetensors
+    assert json.loads(raw[8 : 8 + header])["__metadata__"]["format"] == stats_module._FORMAT  # plain safetensors
     assert StatsRecorder.load(path).mean.shape == (1, 1, 8, 1)
 
 
