@@ -15,9 +15,6 @@ from specnorm.normalize import SpecNormalize
 from specnorm.spectrogram import AudioToSpec
 
 SR = 8000
-PATH_XFAIL = pytest.mark.xfail(
-    strict=False, reason="AudioTensor.create accepts Path and path-likes after the robustness branch is merged"
-)
 
 
 class ToneClassifier(nn.Module):
@@ -65,7 +62,7 @@ def _label(fn):
     return Path(fn).stem.split("-")[1]
 
 
-@pytest.mark.parametrize("as_path", [str, pytest.param(Path, marks=PATH_XFAIL)])
+@pytest.mark.parametrize("as_path", [str, Path])
 def test_predict_on_a_file_names_the_tone(learn, new_files, as_path):
     for fn in new_files:
         label, idx, probs = learn.predict(as_path(fn))
@@ -73,14 +70,13 @@ def test_predict_on_a_file_names_the_tone(learn, new_files, as_path):
         assert probs.shape == (learn.dls.c,) and float(probs.sum()) == pytest.approx(1, abs=1e-5)
 
 
-@PATH_XFAIL
 def test_predict_on_a_path_equals_predict_on_its_str(learn, new_files):
     on_str, on_path = learn.predict(str(new_files[1])), learn.predict(new_files[1])
     assert on_path[0] == on_str[0]
     torch.testing.assert_close(on_path[2], on_str[2])
 
 
-@pytest.mark.parametrize("as_path", [str, pytest.param(Path, marks=PATH_XFAIL)])
+@pytest.mark.parametrize("as_path", [str, Path])
 def test_get_preds_on_a_folder(learn, new_files, as_path):
     dl = learn.dls.test_dl([as_path(f) for f in new_files])
     preds, targs = learn.get_preds(dl=dl)
