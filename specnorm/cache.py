@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from fastcore.parallel import parallel
+from fastcore.parallel import ThreadPoolExecutor
 from fasttransform import Pipeline
 
 from .audio import AudioTensor
+from .progress import progress_bar
 from .signal import audio_item_tfms
 
 __all__ = ["AudioCache", "preprocess_audio_folder", "source_key"]
@@ -104,11 +105,9 @@ def preprocess_audio_folder(files, cache_folder, sample_rate=16000, force_mono=T
     """
     cache = AudioCache(cache_folder, sample_rate, force_mono)
     n_workers = os.cpu_count() if n_workers is None else n_workers
-    parallel(
-        lambda fn: cache.path_for(fn).is_file() or cache(fn),
-        list(files),
-        n_workers=n_workers,
-        threadpool=True,
-        progress=progress,
-    )
+    files = list(files)
+    with ThreadPoolExecutor(n_workers) as pool:  # fastcore's: n_workers=0 runs in this thread
+        fill = pool.map(lambda fn: cache.path_for(fn).is_file() or cache(fn), files)
+        for _ in progress_bar(fill, total=len(files), label="audio cache", unit="files", show=progress):
+            pass
     return cache
