@@ -61,7 +61,10 @@ def _read_dataset(data, csv, audio):
 def _audio_cfg(mel, sample_rate):
     from .config import AudioConfig
 
-    return AudioConfig.BasicMelSpectrogram(sample_rate=sample_rate) if mel else AudioConfig.BasicSpectrogram()
+    if not mel:
+        return AudioConfig.BasicSpectrogram()
+    # 64 bands: with BasicMelSpectrogram's 400-point FFT, torchaudio's default 128 leaves some bands empty.
+    return AudioConfig.BasicMelSpectrogram(sample_rate=sample_rate, n_mels=64)
 
 
 def demo(args):
@@ -268,7 +271,7 @@ def _check_methods(methods):
 
 def _check_batch_size(df, args):
     "A batch larger than the training split leaves the training loader (which drops the last partial batch) empty."
-    if "fold" not in df.columns or not (df["fold"] == args.fold).any():
+    if not {"filename", "category", "fold"} <= set(df.columns) or not (df["fold"] == args.fold).any():
         return  # get_dls names the missing column or the empty fold
     n_train = int((df["fold"] != args.fold).sum())
     if args.bs > n_train:
@@ -321,7 +324,7 @@ def _parser():
         p.add_argument("--audio", default="audio", help="audio folder, relative to --data")
         p.add_argument("--fold", type=int, default=1, help="validation fold")
         p.add_argument("--bs", type=_integer(1), default=64, help="batch size")
-        p.add_argument("--mel", action="store_true", help="mel spectrograms (128 bands) instead of linear ones")
+        p.add_argument("--mel", action="store_true", help="64-band mel spectrograms instead of linear ones")
         p.add_argument("--sample-rate", type=_integer(1), default=16000, help="every clip is resampled to this (Hz)")
         p.add_argument(
             "--crop-ms", type=_positive_number, default=5000, help="every clip is cropped or padded to this (ms)"
