@@ -24,6 +24,7 @@ def interactive() -> bool:
 
     Example:
         >>> import os
+        >>> from specnorm.progress import interactive
         >>> os.environ['SPECNORM_PROGRESS'] = 'lines'
         >>> interactive()
         False
@@ -58,6 +59,7 @@ def progress_bar(
 
     Example:
         >>> import os
+        >>> from specnorm.progress import progress_bar
         >>> os.environ['SPECNORM_PROGRESS'] = 'lines'
         >>> sum(progress_bar(range(4), label='adding', unit='numbers'))   # doctest: +ELLIPSIS
         adding: 4 numbers in ... s
