@@ -296,8 +296,8 @@ def _demo_description():
     return (
         f"Make (on first use) a synthetic dataset of {d['n_classes']} classes x {d['clips_per_class']} clips of "
         f"{d['seconds']:g} s at {d['sr']} Hz, then compare normalizations on it: {c['audio_cfg']['n_mels']}-band mel "
-        f"spectrograms, an xresnet18 {c['arch']['widen']:g} as wide, {c['runs']} runs x {c['epochs']} epochs per "
-        f"method, batch {c['bs']}. A few minutes on 2 CPU cores."
+        f"spectrograms, an xresnet18 at {c['arch']['widen']:g} of its width, {c['runs']} runs x {c['epochs']} "
+        f"epochs per method, batch {c['bs']}. A few minutes on 2 CPU cores."
     )
 
 

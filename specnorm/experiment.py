@@ -13,8 +13,9 @@ batch transforms that follow `AudioToSpec`. 'none' adds nothing; 'global' (`Spec
 `axes=(0, 2, 3)`) and 'channel' (`axes=(0, 1, 3)`, one mean and std per frequency row) use statistics
 of the training split only, computed once per dataset in one pass and shared by every method and run.
 'instance' (`InstanceSpecNorm`, each clip by its own statistics), 'sliding' (`SlidingSpecNorm`,
-Kaldi's 3 s sliding-window mean normalization at a 10 ms hop) and 'pcen' (`PCEN` on the linear
-spectrogram, in place of dB) need no statistics. `register_method` adds more.
+Kaldi's sliding-window mean normalization over 300 frames: 3 s at Kaldi's 10 ms hop, 3.75 s at the
+200-sample hop of `BasicSpectrogram` at 16 kHz) and 'pcen' (`PCEN` on the linear spectrogram, in place
+of dB) need no statistics. `register_method` adds more.
 """
 
 import dataclasses
