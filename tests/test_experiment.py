@@ -108,7 +108,6 @@ def test_grayscale_to_several_channels_and_bad_models():
 # -- train_loops ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_train_loops_accuracy_is_the_last_epochs_validation_accuracy(synth, capsys):
     df, path = synth
     dls = _spec_dls(df, path)
@@ -120,7 +119,6 @@ def test_train_loops_accuracy_is_the_last_epochs_validation_accuracy(synth, caps
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"none: mean accuracy {expected:.4f} over 2 runs"
 
 
-@pytest.mark.slow
 def test_train_loops_builds_fresh_one_channel_models_and_is_seeded(synth):
     df, path = synth
     dls = _spec_dls(df, path)
