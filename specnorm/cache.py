@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from fastai.data.transforms import get_files
-from fastcore.parallel import parallel
+from fastcore.parallel import ThreadPoolExecutor
 from fasttransform import Pipeline
 
 from .audio import AudioTensor
+from .progress import progress_bar
 from .signal import audio_item_tfms
 
 __all__ = ["STALE_TMP_SECONDS", "AudioCache", "preprocess_audio_folder", "source_key"]
@@ -229,11 +230,8 @@ def preprocess_audio_folder(
         )
     cache = AudioCache(cache_folder, sample_rate, force_mono)
     n_workers = os.cpu_count() if n_workers is None else n_workers
-    parallel(
-        lambda fn: cache.path_for(fn).is_file() or cache(fn),
-        unique,
-        n_workers=n_workers,
-        threadpool=True,
-        progress=progress,
-    )
+    with ThreadPoolExecutor(n_workers) as pool:  # fastcore's: n_workers=0 runs in this thread
+        fill = pool.map(lambda fn: cache.path_for(fn).is_file() or cache(fn), unique)
+        for _ in progress_bar(fill, total=len(unique), label="audio cache", unit="files", show=progress):
+            pass
     return cache_folder if folder_form else cache

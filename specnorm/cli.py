@@ -4,11 +4,17 @@
 folder and compares normalizations on it with settings that finish in minutes on two CPU cores.
 `compare` runs the reference experiment (ESC-50 fold 1, xresnet18 from scratch) on any dataset laid
 out like ESC-50, and `stats` saves training-set statistics for later use.
+
+Every argument is checked before any work starts; a bad one, or any error on the way, ends the command
+with one line on stderr (`specnorm compare: error: argument --bs: must be a positive integer, got 0`)
+and exit status 2. `--debug` (or `SPECNORM_DEBUG=1`) shows the traceback instead.
 """
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -55,7 +61,10 @@ def _read_dataset(data, csv, audio):
 def _audio_cfg(mel, sample_rate):
     from .config import AudioConfig
 
-    return AudioConfig.BasicMelSpectrogram(sample_rate=sample_rate) if mel else AudioConfig.BasicSpectrogram()
+    if not mel:
+        return AudioConfig.BasicSpectrogram()
+    # 64 bands: with BasicMelSpectrogram's 400-point FFT, torchaudio's default 128 leaves some bands empty.
+    return AudioConfig.BasicMelSpectrogram(sample_rate=sample_rate, n_mels=64)
 
 
 def demo(args):
@@ -69,12 +78,16 @@ def demo(args):
     from .experiment import compare
     from .synth import make_synthetic_dataset
 
+    _check_methods(args.methods)
     dataset = DEMO_SETTINGS["dataset"]
     root = Path(
         args.data or _cache_dir() / "synthetic-{n_classes}x{clips_per_class}-{seconds}s-{sr}-{seed}".format(**dataset)
     )
     if not (root / "meta" / "esc50.csv").is_file():
-        print(f"making the synthetic dataset in {root}")
+        why = f"{root} is a file" if root.is_file() else _cannot_write_in(root)
+        if why:
+            raise _UsageError(f"argument --data: cannot make the synthetic dataset: {why}")
+        print(f"making the synthetic dataset in {root}", flush=True)
         make_synthetic_dataset(root, **dataset)
     settings = dict(DEMO_SETTINGS["compare"])
     settings["audio_cfg"] = AudioConfig.BasicMelSpectrogram(
@@ -86,7 +99,7 @@ def demo(args):
         root / "audio",
         methods=args.methods,
         save_to=args.out,
-        num_workers=args.workers or 0,
+        num_workers=args.workers,
         **settings,
     )
     print(results.round(4).to_string())
@@ -96,7 +109,9 @@ def demo(args):
 def compare_cmd(args):
     from .experiment import compare
 
+    _check_methods(args.methods)
     df, audio = _read_dataset(args.data, args.csv, args.audio)
+    _check_batch_size(df, args)
     results = compare(
         df,
         audio,
@@ -118,11 +133,13 @@ def compare_cmd(args):
 
 def stats_cmd(args):
     from .data import get_dls
+    from .experiment import STATS_AXES
     from .spectrogram import AudioToSpec
     from .stats import compute_stats
 
     df, audio = _read_dataset(args.data, args.csv, args.audio)
-    axes = {"global": (0, 2, 3), "channel": (0, 1, 3)}[args.axes]
+    _check_batch_size(df, args)
+    axes = STATS_AXES[args.axes]
     dls = get_dls(
         df,
         audio,
@@ -134,7 +151,7 @@ def stats_cmd(args):
         batch_tfms=[AudioToSpec.from_cfg(_audio_cfg(args.mel, args.sample_rate))],
     )
     (recorder,) = compute_stats(dls.train, red_dims=[axes], fraction=args.fraction)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     recorder.save(args.out)
     mean, std = recorder.mean.flatten(), recorder.std.flatten()
     print(
@@ -143,54 +160,240 @@ def stats_cmd(args):
     )
 
 
+# -- checking arguments -----------------------------------------------------------------------------
+
+
+class _UsageError(Exception):
+    "A bad command line: its message is the one line printed."
+
+
+class _Parser(argparse.ArgumentParser):
+    "argparse, with its errors as one line (no usage block) and exit status 2 from `main`."
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+class _Help(argparse.HelpFormatter):
+    "Every option's help ends with its default, when it has one."
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "%(default)" in text or not action.option_strings:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {default})"
+
+
+def _integer(low):
+    "An argparse type: an integer >= `low`."
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(text, low=0.0, high=math.inf, high_included=False):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (low < value < high or (high_included and value == high)):
+        bounds = f"in ({low:g}, {high:g}]" if high_included else "a positive finite number"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+    return value
+
+
+def _positive_number(text):
+    return _number(text)
+
+
+def _fraction(text):
+    return _number(text, 0.0, 1.0, high_included=True)
+
+
+def _cannot_write_in(folder):
+    "Why files cannot be made in `folder` (or in the folders it would be made under), or None if they can."
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"cannot write in {existing} ({e.strerror or e})"
+    return None
+
+
+def _out_file(text):
+    "An argparse type: a file path that can be written (its folders are made when needed)."
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name a file, e.g. {path / 'stats.safetensors'}")
+    why = _cannot_write_in(path.parent)
+    if why:
+        raise argparse.ArgumentTypeError(f"{text}: {why}")
+    return path
+
+
+def _out_folder(text):
+    "An argparse type: a folder that exists or can be made, and where files can be written."
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file: name a folder")
+    why = _cannot_write_in(path)
+    if why:
+        raise argparse.ArgumentTypeError(f"{text}: {why}")
+    return path
+
+
+def _check_methods(methods):
+    from .experiment import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise _UsageError(
+            f"argument --methods: unknown normalization method(s) {unknown}: the methods are {list(METHODS)}"
+        )
+
+
+def _check_batch_size(df, args):
+    "A batch larger than the training split leaves the training loader (which drops the last partial batch) empty."
+    if not {"filename", "category", "fold"} <= set(df.columns) or not (df["fold"] == args.fold).any():
+        return  # get_dls names the missing column or the empty fold
+    n_train = int((df["fold"] != args.fold).sum())
+    if args.bs > n_train:
+        raise _UsageError(
+            f"argument --bs: {args.bs} is more than the {n_train} training clips (fold {args.fold} validates): "
+            "no full batch to train on"
+        )
+
+
+# -- the parser ------------------------------------------------------------------------------------
+
+_COMPARE_DESCRIPTION = """\
+Train the same model once per normalization method and run, and report the validation accuracy of each
+(mean, std, min, max over runs): `len(methods) x runs` models of `epochs` epochs each. With the defaults that
+is 3 x 5 = 15 xresnet18 trained for 20 epochs on 5 s clips, which takes hours on a CPU: see the README's
+"Training on a CPU" for cheaper settings. The plan and an estimated time are printed before training starts.
+"""
+
+
+def _demo_description():
+    d, c = DEMO_SETTINGS["dataset"], DEMO_SETTINGS["compare"]
+    return (
+        f"Make (on first use) a synthetic dataset of {d['n_classes']} classes x {d['clips_per_class']} clips of "
+        f"{d['seconds']:g} s at {d['sr']} Hz, then compare normalizations on it: {c['audio_cfg']['n_mels']}-band mel "
+        f"spectrograms, an xresnet18 at {c['arch']['widen']:g} of its width, {c['runs']} runs x {c['epochs']} "
+        f"epochs per method, batch {c['bs']}. A few minutes on 2 CPU cores."
+    )
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog="specnorm", description="Spectrogram normalization for fastai audio.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="specnorm",
+        description="Spectrogram normalization for fastai audio: compare normalizations, compute statistics.",
+        formatter_class=_Help,
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or SPECNORM_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,compare,stats}")
+    # --debug also after the command; SUPPRESS keeps a command's parser from overwriting the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+    )
+
+    def command(name, help, description=None):
+        return sub.add_parser(name, help=help, description=description or help, parents=[common], formatter_class=_Help)
 
     def dataset_args(p):
         p.add_argument("--data", required=True, help="dataset folder laid out like ESC-50")
         p.add_argument("--csv", default="meta/esc50.csv", help="metadata CSV, relative to --data")
         p.add_argument("--audio", default="audio", help="audio folder, relative to --data")
         p.add_argument("--fold", type=int, default=1, help="validation fold")
-        p.add_argument("--bs", type=int, default=64)
-        p.add_argument("--mel", action="store_true", help="mel spectrograms instead of linear ones")
-        p.add_argument("--sample-rate", type=int, default=16000)
-        p.add_argument("--crop-ms", type=float, default=5000)
-        p.add_argument("--fraction", type=float, default=1.0, help="share of training batches used for statistics")
-        p.add_argument("--workers", type=int, default=None, help="DataLoader workers (fastai's default if unset)")
+        p.add_argument("--bs", type=_integer(1), default=64, help="batch size")
+        p.add_argument("--mel", action="store_true", help="64-band mel spectrograms instead of linear ones")
+        p.add_argument("--sample-rate", type=_integer(1), default=16000, help="every clip is resampled to this (Hz)")
+        p.add_argument(
+            "--crop-ms", type=_positive_number, default=5000, help="every clip is cropped or padded to this (ms)"
+        )
+        p.add_argument("--workers", type=_integer(0), default=None, help="DataLoader workers (default: fastai's)")
 
-    d = sub.add_parser("demo", help="compare normalizations on an embedded synthetic dataset (no download, CPU)")
-    d.add_argument("--out", default="results/demo", help="folder for results.csv and results.png")
+    d = command(
+        "demo", "compare normalizations on an embedded synthetic dataset (no download, CPU)", _demo_description()
+    )
+    d.add_argument("--out", type=_out_folder, default="results/demo", help="folder for results.csv and results.png")
     d.add_argument("--data", default=None, help="where to make the synthetic dataset (default: a cache folder)")
-    d.add_argument("--methods", nargs="+", default=list(DEMO_METHODS))
-    d.add_argument("--workers", type=int, default=None)
+    d.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), help="normalization methods")
+    d.add_argument("--workers", type=_integer(0), default=0, help="DataLoader worker processes")
     d.set_defaults(run=demo)
 
-    c = sub.add_parser("compare", help="compare normalizations on a dataset laid out like ESC-50")
+    c = command(
+        "compare",
+        "compare normalizations on a dataset laid out like ESC-50 (default: 3 methods x 5 runs x 20 epochs, 5 s clips)",
+        _COMPARE_DESCRIPTION,
+    )
     dataset_args(c)
-    c.add_argument("--methods", nargs="+", default=["none", "global", "channel"])
-    c.add_argument("--epochs", type=int, default=20)
-    c.add_argument("--runs", type=int, default=5)
-    c.add_argument("--seed", type=int, default=None)
-    c.add_argument("--out", default="results", help="folder for results.csv and results.png")
+    c.add_argument("--methods", nargs="+", default=["none", "global", "channel"], help="normalization methods")
+    c.add_argument("--epochs", type=_integer(1), default=20, help="epochs per run")
+    c.add_argument("--runs", type=_integer(1), default=5, help="models trained from scratch per method")
+    c.add_argument("--fraction", type=_fraction, default=1.0, help="share of training clips the statistics read")
+    c.add_argument("--seed", type=_integer(0), default=None, help="makes the runs reproducible (default: not seeded)")
+    c.add_argument("--out", type=_out_folder, default="results", help="folder for results.csv and results.png")
     c.set_defaults(run=compare_cmd)
 
-    s = sub.add_parser("stats", help="compute and save training-set statistics")
+    s = command("stats", "compute and save training-set statistics (safetensors)")
     dataset_args(s)
-    s.add_argument("--out", default="stats.safetensors")
-    s.add_argument("--axes", choices=("global", "channel"), default="global")
+    s.add_argument("--fraction", type=_fraction, default=1.0, help="share of training clips the statistics read")
+    s.add_argument("--out", type=_out_file, default="stats.safetensors", help="file the statistics are saved to")
+    s.add_argument("--axes", choices=("global", "channel"), default="global", help="one mean and std, or one per row")
     s.set_defaults(run=stats_cmd)
     return parser
 
 
+def _one_line(error):
+    "An exception as one line: its message, with its type when it is not a plain bad-input error."
+    text = error.args[0] if isinstance(error, KeyError) and len(error.args) == 1 else str(error)
+    text = " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(error).__name__
+    if isinstance(error, (FileNotFoundError, ValueError, KeyError)):
+        return text
+    return f"{type(error).__name__}: {text} (--debug shows the traceback)"
+
+
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    debug = os.environ.get("SPECNORM_DEBUG", "").strip() not in ("", "0")
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    debug = debug or args.debug
     # torchaudio's own import-time deprecation notice is noise to a command-line user.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     try:
         args.run(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except _UsageError as e:
         print(f"specnorm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"specnorm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"specnorm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

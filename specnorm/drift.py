@@ -22,6 +22,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import TensorImageBase
 
 from .normalize import SpecNormalize
+from .progress import progress_bar
 from .stats import StatsRecorder
 
 __all__ = ["DriftReport", "NormDriftMonitor"]
@@ -136,11 +137,9 @@ class NormDriftMonitor(Callback):
 
     def scan(self, dl, progress=False):
         "Record every batch of `dl` (any iterable of batches or `(x, y)` tuples) and return the `DriftReport`."
-        from fastprogress.fastprogress import progress_bar
-
         self.reset(_find_normalizer(dl))
         with torch.no_grad():
-            for b in progress_bar(dl, leave=False) if progress else dl:
+            for b in progress_bar(dl, label="drift scan", unit="batches", show=progress):
                 self.update(b[0] if isinstance(b, (tuple, list)) else b)
         return self.compare()
 

@@ -13,27 +13,31 @@ batch transforms that follow `AudioToSpec`. 'none' adds nothing; 'global' (`Spec
 `axes=(0, 2, 3)`) and 'channel' (`axes=(0, 1, 3)`, one mean and std per frequency row) use statistics
 of the training split only, computed once per dataset in one pass and shared by every method and run.
 'instance' (`InstanceSpecNorm`, each clip by its own statistics), 'sliding' (`SlidingSpecNorm`,
-Kaldi's 3 s sliding-window mean normalization at a 10 ms hop) and 'pcen' (`PCEN` on the linear
-spectrogram, in place of dB) need no statistics. `register_method` adds more.
+Kaldi's sliding-window mean normalization over 300 frames: 3 s at Kaldi's 10 ms hop, 3.75 s at the
+200-sample hop of `BasicSpectrogram` at 16 kHz) and 'pcen' (`PCEN` on the linear spectrogram, in place
+of dB) need no statistics. `register_method` adds more.
 """
 
 import dataclasses
 import json
+import math
 import random
+import time
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-import fastai.callback.progress
+import fastai.callback.progress  # patches Learner.no_bar
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle)
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from fastai.callback.core import Callback
 from fastai.data.transforms import get_c
 from fastai.learner import Learner
 from fastai.metrics import accuracy
-from fastai.torch_core import set_seed
+from fastai.torch_core import noop, set_seed
 from fastai.vision.models.xresnet import xresnet18
 
 from .config import AudioConfig
@@ -41,6 +45,7 @@ from .data import get_dls
 from .instance import InstanceSpecNorm
 from .normalize import AudioNormalize, SpecNormalize
 from .pcen import PCEN
+from .progress import interactive
 from .sliding import SlidingSpecNorm
 from .spectrogram import AudioToSpec
 
@@ -50,6 +55,7 @@ __all__ = [
     "METHODS",
     "REFERENCE_ACCURACY",
     "STATS_AXES",
+    "EpochLines",
     "TrainStats",
     "compare",
     "make_xresnet_grayscale",
@@ -104,6 +110,48 @@ def make_xresnet_grayscale(model, n_in=1):
     return model
 
 
+class EpochLines(Callback):
+    """Print one plain line per epoch with its figures, in place of fastai's progress bars and table.
+
+    For output that is not a terminal or a notebook (a CI log, `> file`), where every redraw of a
+    progress bar would stay. `train_loops` uses it there; the line reads
+    `"{label} epoch 3/20: train_loss 1.2345 valid_loss 1.3456 accuracy 0.5250 time 00:04"`.
+    A learner under `no_logging()` prints nothing.
+
+    Args:
+        label (str): what the line starts with (e.g. `'global run 2/5'`).
+
+    Example:
+        >>> learn = Learner(dls, model, metrics=accuracy)        # doctest: +SKIP
+        >>> with learn.no_bar(), learn.added_cbs(EpochLines('global run 1/5')):   # doctest: +SKIP
+        ...     learn.fit_one_cycle(20)
+    """
+
+    order = 60  # where fastai's ProgressCallback stands: after the Recorder (50) has the epoch's figures
+
+    def __init__(self, label=""):
+        self.label = label
+
+    def before_fit(self):
+        # The Recorder hands each epoch's row to `learn.logger`; put ours in its place, as ProgressCallback does
+        # (unless logging is off: `no_logging()` installs fastai's `noop`).
+        self.old_logger = self.learn.logger
+        if self.old_logger is not noop:
+            self.learn.logger = self._line
+
+    def _line(self, row):
+        names = self.recorder.metric_names
+        figures = " ".join(
+            f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+            for name, value in zip(names[1:], list(row)[1:])
+        )
+        prefix = f"{self.label} " if self.label else ""
+        print(f"{prefix}epoch {int(row[0]) + 1}/{self.n_epoch}: {figures}", flush=True)
+
+    def after_fit(self):
+        self.learn.logger = self.old_logger
+
+
 def _accuracy_of_last_epoch(learn):
     # Recorder.values rows hold the metric names after 'epoch' (train_loss, valid_loss, metrics...).
     names = [n for n in learn.recorder.metric_names if n not in ("epoch", "time")]
@@ -118,7 +166,10 @@ def train_loops(
 
     Each run builds `arch(n_out=num_cls)`, makes its stem `n_in`-channel with `make_xresnet_grayscale`,
     and trains a `Learner(dls, model, metrics=accuracy)` for `epochs` epochs. A run's accuracy is
-    the validation accuracy of its last epoch. It prints `"{name}: mean accuracy 0.7315 over 5 runs"`.
+    the validation accuracy of its last epoch. It prints a line per run (`"global run 2/5: accuracy
+    0.7250 in 95 s"`) and ends with `"{name}: mean accuracy 0.7315 over 5 runs"`. On a terminal or in a
+    notebook each run shows fastai's progress bars and epoch table; elsewhere (a log file) each epoch is
+    one plain line (`EpochLines`), so a redirected output stays small.
 
     Args:
         dls: fastai `DataLoaders` of spectrogram batches `[B, n_in, F, T]`.
@@ -132,13 +183,13 @@ def train_loops(
         n_in (int): input channels of the spectrograms.
         seed (int): run `i` seeds python, numpy, torch and the loaders' shuffling with `seed + i`
             (`set_seed(seed + i, reproducible=True)`), so the runs are reproducible.
-        quiet (bool): no progress bars and no per-epoch table (the result line is still printed).
+        quiet (bool): no progress, no epoch lines, no run lines: only the result line.
 
     Returns:
         A list of `num_runs` accuracies (floats in [0, 1]).
 
     Example:
-        >>> accs = train_loops(dls, 'global', num_runs=5, epochs=20)   # doctest: +SKIP
+        >>> accs = train_loops(dls, 'global', num_runs=5, epochs=20, quiet=True)   # doctest: +SKIP
         global: mean accuracy 0.7315 over 5 runs
     """
     if num_runs < 1 or epochs < 1:
@@ -152,15 +203,22 @@ def train_loops(
             set_seed(seed + run, reproducible=True)
             for dl in dls.loaders:  # each loader shuffles with its own generator, seeded when it was built
                 dl.rng = random.Random(seed + run)
+        start = time.perf_counter()
         model = make_xresnet_grayscale(arch(n_out=num_cls), n_in)
         learn = Learner(dls, model, metrics=accuracy)
-        with ExitStack() as quiet_ctx:
+        with ExitStack() as output:
             if quiet:
-                quiet_ctx.enter_context(learn.no_bar())
-                quiet_ctx.enter_context(learn.no_logging())
+                output.enter_context(learn.no_bar())
+                output.enter_context(learn.no_logging())
+            elif not interactive():  # a log file: plain lines, no bar redraws
+                output.enter_context(learn.no_bar())
+                output.enter_context(learn.added_cbs(EpochLines(f"{name} run {run + 1}/{num_runs}")))
             learn.fit_one_cycle(epochs, lr)
         accs.append(_accuracy_of_last_epoch(learn))
-    print(f"{name}: mean accuracy {np.mean(accs):.4f} over {num_runs} runs")
+        if not quiet:
+            seconds = time.perf_counter() - start
+            print(f"{name} run {run + 1}/{num_runs}: accuracy {accs[-1]:.4f} in {seconds:.0f} s", flush=True)
+    print(f"{name}: mean accuracy {np.mean(accs):.4f} over {num_runs} runs", flush=True)
     return accs
 
 
@@ -256,6 +314,68 @@ def register_method(name, make_batch_tfms, linear=False):
         raise TypeError(f"make_batch_tfms must be callable, got {type(make_batch_tfms).__name__}")
     METHODS[name] = make_batch_tfms
     (LINEAR_METHODS.add if linear else LINEAR_METHODS.discard)(name)
+
+
+# Registered methods that need no training statistics: with only these, `compare` makes no statistics pass.
+_STATISTICS_FREE = {"none", "instance", "sliding", "pcen"}
+
+
+def _duration(seconds):
+    "`'45 s'`, `'12 min'`, `'2 h 05 min'`: a duration as a person reads it."
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _time_one_batch(dl, arch, n_in, num_cls, lr):
+    """Seconds to load one training batch from `dl`, and to train a fresh `arch` on it once (forward, backward, step).
+
+    Two batches and two steps are timed and the second of each kept: the first pays for start-up (worker
+    processes, memory allocation, kernel selection). A host sync (`torch.cuda.synchronize`) ends each step:
+    this runs once, before training, never in a training loop.
+    """
+    batches = iter(dl)
+    start = time.perf_counter()
+    xb, yb = next(batches)[:2]
+    load = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        next(batches)
+        load = time.perf_counter() - start
+    except StopIteration:
+        pass
+    xb, yb = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor)
+    model = make_xresnet_grayscale(arch(n_out=num_cls), n_in).to(xb.device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr or 1e-3)
+    for _ in range(2):
+        start = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if xb.is_cuda:
+            torch.cuda.synchronize(xb.device)
+        step = time.perf_counter() - start
+    return load, step, xb.device
+
+
+def _plan(dls, methods, runs, epochs, bs, fraction, arch, lr):
+    "The lines `compare` prints before it starts: what it will train, on how many clips, for about how long."
+    n_train, n_valid = len(dls.train.dataset), len(dls.valid.dataset)
+    load, step, device = _time_one_batch(dls.train.new(shuffle=False, drop_last=False), arch, 1, get_c(dls) or 2, lr)
+    train_batches, valid_batches = max(1, n_train // bs), math.ceil(n_valid / bs)
+    # Validation runs the forward pass only: about a third of a training step.
+    epoch = train_batches * (load + step) + valid_batches * (load + step / 3)
+    stats = 0.0 if set(methods) <= _STATISTICS_FREE else math.ceil(fraction * n_train / bs) * load
+    total = len(methods) * runs * epochs * epoch + stats
+    return (
+        f"plan: {len(methods)} method{'s' * (len(methods) > 1)} ({', '.join(methods)}) x {runs} "
+        f"run{'s' * (runs > 1)} x {epochs} epoch{'s' * (epochs > 1)}, each epoch {n_train} training clips "
+        f"({train_batches} batches of {bs}) and {n_valid} validation clips, on {device}\n"
+        f"estimated time: about {_duration(total)} (one batch timed here: loading {load:.2f} s, "
+        f"a training step {step:.2f} s; a rough guide)"
+    )
 
 
 def _summary(accs_by_method):
@@ -362,7 +482,7 @@ def compare(
         arch, lr: the model builder and the one-cycle peak learning rate (see `train_loops`).
         audio_normalize (bool): standardize each waveform first (`AudioNormalize`), as the reference did.
         save_to: a folder to write `results.csv` (`runs` as a JSON list) and `results.png` into.
-        quiet (bool): no progress bars or epoch tables (the result lines are still printed).
+        quiet (bool): print only the result lines: no plan, no progress, no epoch or run lines.
         **dls_kwargs: passed to `get_dls` (`device`, `num_workers`, `cache_folder`...).
 
     Returns:
@@ -373,7 +493,7 @@ def compare(
 
     Example:
         >>> df = pd.read_csv(path/'meta'/'esc50.csv')                            # doctest: +SKIP
-        >>> results = compare(df, path/'audio', runs=5, epochs=20, save_to='results')   # doctest: +SKIP
+        >>> results = compare(df, path/'audio', runs=5, epochs=20, save_to='results', quiet=True)   # doctest: +SKIP
         none: mean accuracy 0.7110 over 5 runs
         global: mean accuracy 0.7315 over 5 runs
         channel: mean accuracy 0.7144 over 5 runs
@@ -408,6 +528,9 @@ def compare(
             **dls_kwargs,
         )
 
+    if not quiet:
+        # Before the seed is set: timing a batch draws random numbers the seeded runs must not miss.
+        print(_plan(dls_with([]), methods, runs, epochs, bs, fraction, arch, lr), flush=True)
     if seed is not None:
         set_seed(seed, reproducible=True)
     # The training split in order, every item once, through the same pipeline minus normalization.

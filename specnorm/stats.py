@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fastai.data.load import DataLoader as FastaiDataLoader
-from fastprogress.fastprogress import progress_bar
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
 from .audio import AudioSpectrogram
+from .progress import progress_bar
 
 __all__ = ["StatsRecorder", "compute_stats"]
 
@@ -685,7 +685,7 @@ def compute_stats(dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches
     batches, total = _subset(dl, fraction, seed)
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
-    for i, b in enumerate(progress_bar(batches, total=total or "noinfer", leave=False) if progress else batches):
+    for i, b in enumerate(progress_bar(batches, total=total, label="statistics", unit="batches", show=progress)):
         if max_batches is not None and i >= max_batches:
             break
         x = b[0] if isinstance(b, (tuple, list)) else b

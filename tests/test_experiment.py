@@ -1,6 +1,7 @@
 """The experiment harness: grayscale stems, training loops, and `compare` on a tiny synthetic dataset."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -307,3 +308,91 @@ def test_statistics_free_methods_see_what_they_need(synth, monkeypatch):
     torch.testing.assert_close(x.double().mean(3), torch.zeros(x.shape[:3], dtype=torch.float64), atol=1e-3, rtol=0)
     x, meta = seen["pcen"]
     assert meta["pcen"] and not meta["to_db"] and (x >= 0).all()
+
+
+# -- what a run prints: the plan, bars or plain lines ----------------------------------------------
+
+
+def test_train_loops_prints_one_line_per_epoch_and_run_into_a_log(synth, monkeypatch, capsys):
+    "Not a terminal (a log file): a plain line per epoch with fastai's figures, a line per run; no bars."
+    monkeypatch.setenv("SPECNORM_PROGRESS", "lines")
+    df, path = synth
+    dls = _spec_dls(df, path)
+    accs = train_loops(dls, "none", num_runs=2, epochs=2, arch=ConstantNet)
+    expected = (df[df.fold == 1].category == sorted(df.category.unique())[0]).mean()
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = out.splitlines()
+    figures = r"train_loss \d+\.\d{4} valid_loss \d+\.\d{4} accuracy (\d\.\d{4}) time \d\d:\d\d"
+    epochs = [re.fullmatch(rf"none run ([12])/2 epoch ([12])/2: {figures}", line) for line in lines]
+    assert [(m[1], m[2]) for m in epochs if m] == [(r, e) for r in "12" for e in "12"]
+    assert all(float(m[3]) == pytest.approx(expected, abs=1e-4) for m in epochs if m)  # ConstantNet's accuracy
+    runs = [line for line in lines if re.fullmatch(r"none run [12]/2: accuracy \d\.\d{4} in \d+ s", line)]
+    assert len(runs) == 2 and lines[-1] == f"none: mean accuracy {np.mean(accs):.4f} over 2 runs"
+    assert len(lines) == 4 + 2 + 1
+
+
+def test_train_loops_shows_fastais_bars_and_table_on_a_terminal(synth, monkeypatch, capsys):
+    monkeypatch.setenv("SPECNORM_PROGRESS", "bar")
+    df, path = synth
+    train_loops(_spec_dls(df, path), "none", num_runs=1, epochs=2, arch=ConstantNet)
+    out = capsys.readouterr().out
+    assert re.search(r"epoch\s+train_loss\s+valid_loss\s+accuracy\s+time", out)  # fastai's table
+    assert "none run 1/1 epoch" not in out and "none run 1/1: accuracy" in out
+
+
+def test_epoch_lines_stay_quiet_without_logging(synth, capsys):
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+
+    from specnorm.experiment import EpochLines
+
+    df, path = synth
+    learn = Learner(_spec_dls(df, path), make_xresnet_grayscale(ConstantNet(3)), metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(), learn.added_cbs(EpochLines("x")):
+        learn.fit(1)
+    assert capsys.readouterr().out == ""
+    with learn.no_bar(), learn.added_cbs(EpochLines("x")):
+        learn.fit(2)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["x epoch 1/2", "x epoch 2/2"]
+    # the printed figures are those the Recorder kept
+    for line, values in zip(lines, learn.recorder.values):
+        assert line.split()[4:9:2] == [f"{v:.4f}" for v in values]
+
+
+def test_compare_prints_its_plan_first_and_the_plan_changes_no_result(synth, monkeypatch, capsys):
+    monkeypatch.setenv("SPECNORM_PROGRESS", "lines")
+    df, path = synth
+    kwargs = dict(runs=1, epochs=1, arch=TinyNet, crop_ms=int(SECONDS * 1000), bs=4, seed=5, num_workers=0)
+    loud = compare(df, path, methods=["none", "channel"], **kwargs)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    n_valid = int((df.fold == 1).sum())
+    assert lines[0] == (
+        f"plan: 2 methods (none, channel) x 1 run x 1 epoch, each epoch {len(df) - n_valid} training clips "
+        f"({(len(df) - n_valid) // 4} batches of 4) and {n_valid} validation clips, on cpu"
+    )
+    estimate = re.fullmatch(r"estimated time: about (\d+) s \(one batch timed here: loading .*\)", lines[1])
+    assert estimate and int(estimate[1]) >= 0
+    quiet = compare(df, path, methods=["none", "channel"], quiet=True, **kwargs)
+    assert capsys.readouterr().out.splitlines() == [
+        f"{m}: mean accuracy {quiet.loc[m, 'mean']:.4f} over 1 runs" for m in ("none", "channel")
+    ]
+    # timing a batch for the plan happens before the seed is set: the seeded runs are the same
+    assert loud.runs.tolist() == quiet.runs.tolist() and loud.attrs["stats"] == quiet.attrs["stats"]
+
+
+def test_durations_read_as_a_person_says_them():
+    from specnorm.experiment import _duration
+
+    assert [_duration(s) for s in (0.4, 45, 89, 90, 600, 3599, 3600, 7500)] == [
+        "0 s",
+        "45 s",
+        "89 s",
+        "2 min",
+        "10 min",
+        "1 h 00 min",  # 59.98 minutes round to the hour
+        "1 h 00 min",
+        "2 h 05 min",
+    ]

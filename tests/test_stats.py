@@ -305,6 +305,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_all_reduce_over_gloo_equals_one_process(tmp_path):
     ctx = torch.multiprocessing.start_processes(
         _gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
@@ -428,6 +429,7 @@ def test_no_pickle_is_involved(tmp_path, monkeypatch):
 
 
 # -- compute_stats ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compute_stats_over_get_dls_matches_stacked_batches(esc50_like):
     df, audio = esc50_like
     dls = get_dls(
