@@ -2,8 +2,10 @@
 
 The public names and their contracts follow fastaudio 1.0.2 (fastaudio/fastaudio), rebuilt on
 fastai 2.8's `TensorBase`: the sample rate and the spectrogram settings travel as tensor metadata,
-through torch operations, collation and batch transforms. Files are read and written with
-soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
+through torch operations, collation and batch transforms, and through `clone()` (which fastai 2.8's
+`TensorBase.clone` drops), `.to()`, pickling (DataLoader workers) and `torch.save`/`torch.load` (the
+two classes are registered as safe for `torch.load`'s default `weights_only=True`). Files are read and
+written with soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
 """
 
 from pathlib import Path
@@ -16,10 +18,19 @@ from fastai.torch_core import TensorBase, TensorImageBase
 from fastai.vision.data import get_grid
 from plum import dispatch
 
-__all__ = ["AudioSpectrogram", "AudioTensor", "show_batch"]
+__all__ = ["AudioSpectrogram", "AudioTensor", "show_audio_signal", "show_batch", "show_spectrogram"]
 
 
-class AudioTensor(TensorBase):
+class _KeepsMeta:
+    "Mixin: `clone()` keeps the metadata (`sr`, spectrogram settings), as every other torch op does."
+
+    def clone(self, *, memory_format=torch.preserve_format):
+        out = super().clone(memory_format=memory_format)
+        out.set_meta(self, as_copy=True)
+        return out
+
+
+class AudioTensor(_KeepsMeta, TensorBase):
     """A waveform `[channels, samples]` (or a batch `[batch, channels, samples]`) that knows its sample rate.
 
     Args:
@@ -81,8 +92,10 @@ class AudioTensor(TensorBase):
 
         display(Audio(self.detach().cpu().numpy(), rate=self.sr))
 
-    def show(self, ctx=None, title=None, figsize=(6, 2), **kwargs):
-        "Plot the waveform, one line per channel, against time in seconds."
+    def show(self, ctx=None, title=None, figsize=(6, 2), hear=False, **kwargs):
+        "Plot the waveform, one line per channel, against time in seconds; `hear=True` adds an audio player."
+        if hear:
+            self.hear()
         ax = ctx if ctx is not None else plt.subplots(figsize=figsize)[1]
         data = self.detach().cpu().as_subclass(torch.Tensor).numpy()
         t = np.arange(data.shape[-1]) / self.sr
@@ -106,7 +119,7 @@ def _hz_to_mel(hz):
     return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
 
 
-class AudioSpectrogram(TensorImageBase):
+class AudioSpectrogram(_KeepsMeta, TensorImageBase):
     """A spectrogram `[channels, freq, frames]` (or a batch `[batch, channels, freq, frames]`).
 
     It subclasses `TensorImageBase`, so image-style batch transforms (and `SpecNormalize`) apply.
@@ -122,6 +135,16 @@ class AudioSpectrogram(TensorImageBase):
         >>> s.height, s.width, s.duration
         (201, 401, 5.0)
     """
+
+    @classmethod
+    def create(cls, x, settings=None):
+        "An `AudioSpectrogram` of the tensor `x` with the metadata in the dict `settings` (fastaudio's form)."
+        return cls(x, **(settings or {}))
+
+    @property
+    def settings(self):
+        "The metadata as a dict (`sr`, `n_fft`, `hop_length`, `mel`, `to_db`, ...): what made this spectrogram."
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     @property
     def height(self):
@@ -181,6 +204,21 @@ class AudioSpectrogram(TensorImageBase):
         if ctx is None:
             ax.figure.tight_layout()
         return ax
+
+
+def show_audio_signal(ai, ctx=None, ax=None, title=None, **kwargs):
+    "Plot the waveform `ai` on `ax` (or `ctx`, or a new figure): `AudioTensor.show` as a function (fastaudio's name)."
+    return ai.show(ctx=ax if ax is not None else ctx, title=title or None, **kwargs)
+
+
+def show_spectrogram(sg, title=None, ax=None, ctx=None, **kwargs):
+    "Draw the spectrogram `sg` on `ax` (or `ctx`, or a new figure): `AudioSpectrogram.show` as a function."
+    return sg.show(ctx=ax if ax is not None else ctx, title=title or None, **kwargs)
+
+
+# torch.load defaults to weights_only=True since torch 2.6: allow the two classes (their state is the
+# metadata dict of plain values), so saved tensors load with their sample rate and settings.
+torch.serialization.add_safe_globals([AudioTensor, AudioSpectrogram])
 
 
 @dispatch

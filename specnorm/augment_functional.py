@@ -1,0 +1,243 @@
+"""The tensor math of the audio augmentations, in pure torch (no fastai): masks, colored noise, shifts.
+
+SpecAugment masking (Park et al. 2019, https://arxiv.org/abs/1904.08779) and power-law noise
+(Timmer & Koenig 1995, "On generating power law noise", A&A 300, 707) as batch functions that run on
+the batch's device: every random number is drawn there with `torch.rand`/`torch.randn` (seeded by
+`torch.manual_seed`, or by the `generator` argument), and nothing reads a tensor value back on the
+host, so a batch costs no host sync. The public names and arguments follow fastaudio 1.0.2's
+`fastaudio.augment.functional`; the fastai transforms over them are in `augment_signal` and
+`augment_spectrogram`.
+"""
+
+import math
+
+import torch
+
+__all__ = [
+    "NoiseColor",
+    "add_noise_",
+    "colored_noise",
+    "mask_along_axis",
+    "mask_along_axis_",
+    "random_mask",
+    "region_mask",
+    "shift_signal",
+]
+
+
+def region_mask(n, min_mask_size, max_mask_size, maskable_length, device=None, generator=None):
+    """`n` boolean masks, each one contiguous run of `True` of random size and position.
+
+    Sizes are uniform in `[min_mask_size, max_mask_size)`, starts uniform over the positions where the
+    run fits; a run covers the indices `i` with `start <= i < start + size`.
+
+    Args:
+        n (int): how many masks.
+        min_mask_size, max_mask_size (float): range of the run's length.
+        maskable_length (int): length of each mask.
+        device, generator: where to draw the random numbers (a `torch.Generator` makes them reproducible).
+
+    Shape:
+        `[n, maskable_length]`, bool.
+
+    Example:
+        >>> m = region_mask(3, 4, 4, 10)
+        >>> m.shape, m.sum(1).tolist()
+        (torch.Size([3, 10]), [4, 4, 4])
+    """
+    sizes = torch.rand([n, 1], device=device, generator=generator) * (max_mask_size - min_mask_size) + min_mask_size
+    starts = torch.rand([n, 1], device=device, generator=generator) * (maskable_length - sizes)
+    idx = torch.arange(maskable_length, device=device)
+    return (starts <= idx) & (idx < starts + sizes)
+
+
+def random_mask(shape, p, device=None, generator=None):
+    """A bool tensor whose elements are `True` independently with probability `p`.
+
+    Args:
+        shape: the mask's shape.
+        p (float or tensor broadcastable to `shape`): probability of `True` (0 never, 1 always).
+
+    Example:
+        >>> random_mask([2, 3], 1.0).all().item(), random_mask([2, 3], 0.0).any().item()
+        (True, False)
+    """
+    return torch.rand(shape, device=device, generator=generator) < p
+
+
+def _fill_value(x, mask_val):
+    "The value a mask writes: `mask_val`, or each item's per-channel mean (`[B, C, 1, 1]`) when `None`."
+    return x.mean((-2, -1), keepdim=True) if mask_val is None else mask_val
+
+
+def _axis_masks(x, num_masks, min_size, max_size, axis, generator=None):
+    "Union of `num_masks` random bands along `axis` (2: frequency, 3: time) for each item of `x` `[B, C, F, T]`."
+    if axis not in (2, 3):
+        raise ValueError(f"can only mask the frequency (2) or time (3) axis of [B, C, F, T], not axis {axis}")
+    n, length = x.shape[0], x.shape[axis]
+    # Looked up through the module so that tests can substitute a known mask (fastaudio's tests do).
+    masks = region_mask(num_masks * n, min_size, max_size, length, device=x.device, generator=generator)
+    masks = masks.view(num_masks, n, length).any(0)
+    return masks.view(n, 1, length, 1) if axis == 2 else masks.view(n, 1, 1, length)
+
+
+def mask_along_axis(specgrams, num_masks, min_size, max_size, mask_val=None, axis=2, generator=None):
+    """SpecAugment masks: `num_masks` random bands of frequency rows (`axis=2`) or time frames (`axis=3`).
+
+    Each item gets its own bands, shared by its channels. Masked values become `mask_val`, or, when it
+    is `None`, the item's per-channel mean over the whole spectrogram (the clip's mean: a value that
+    says nothing about the masked band). Returns a new tensor.
+
+    Args:
+        specgrams: `[B, C, F, T]`.
+        num_masks (int): bands per item (they may overlap).
+        min_size, max_size (float): range of each band's width, in rows or frames.
+        mask_val (float or None): the fill; `None` for the clip's mean.
+        axis (int): 2 (frequency) or 3 (time).
+
+    Example:
+        >>> x = torch.arange(6.).repeat(2, 1, 4, 1)          # [2, 1, 4, 6]: value = frame index
+        >>> y = mask_along_axis(x, 1, 2, 2, mask_val=-1., axis=3)
+        >>> (y == -1).sum((-2, -1)).flatten().tolist()       # 2 frames x 4 rows per item
+        [8, 8]
+    """
+    masks = _axis_masks(specgrams, num_masks, min_size, max_size, axis, generator)
+    return torch.where(masks, _fill_value(specgrams, mask_val), specgrams)
+
+
+def mask_along_axis_(specgrams, num_masks, min_size, max_size, mask_val=None, axis=2, generator=None):
+    "In-place `mask_along_axis` (fastaudio's name): writes the masks into `specgrams` and returns it."
+    masks = _axis_masks(specgrams, num_masks, min_size, max_size, axis, generator)
+    if mask_val is None:
+        return specgrams.copy_(torch.where(masks, _fill_value(specgrams, None), specgrams))
+    return specgrams.masked_fill_(masks, mask_val)
+
+
+class NoiseColor:
+    """Named power-law exponents `beta` of noise whose power spectrum falls as `1 / f**beta`.
+
+    Any real exponent in `[-2, 2]` is a valid color (e.g. 0.5, between white and pink).
+
+    Example:
+        >>> NoiseColor.Pink, NoiseColor.valid(0.5), NoiseColor.valid(3)
+        (1, True, False)
+    """
+
+    Violet = -2
+    Blue = -1
+    White = 0
+    Pink = 1
+    Brown = 2
+
+    @staticmethod
+    def valid(value) -> bool:
+        "Is `value` a finite real exponent in `[-2, 2]`?"
+        try:
+            return -2 <= float(value) <= 2
+        except (TypeError, ValueError):
+            return False
+
+
+def colored_noise(shape, exponent, fmin=0, device=None, generator=None):
+    """Gaussian noise whose power spectral density falls as `1 / f**exponent`, with unit variance.
+
+    The method of Timmer & Koenig (1995): independent Gaussian real and imaginary parts per frequency,
+    scaled by `f**(-exponent / 2)`, then an inverse real FFT along the last axis. The DC term is 0 (the
+    noise has zero mean), and the result is divided by its theoretical standard deviation, so its
+    variance is 1 for every color. White noise (`exponent == 0`) is drawn directly.
+
+    Args:
+        shape: output shape; the last axis is time, the others are independent series.
+        exponent (float): 0 white, 1 pink, 2 brown, -1 blue, -2 violet (`NoiseColor`), or any real.
+        fmin (float): frequencies below `fmin` (in cycles per sample, at most 0.5) get the scale of
+            `fmin`; at least `1 / n`.
+
+    Example:
+        >>> y = colored_noise([4, 8000], NoiseColor.Pink, generator=torch.Generator().manual_seed(0))
+        >>> y.shape, round(y.std().item(), 1)
+        (torch.Size([4, 8000]), 1.0)
+    """
+    shape = list(shape)
+    if exponent == 0:
+        return torch.randn(shape, device=device, generator=generator)
+    n = shape[-1]
+    f = torch.fft.rfftfreq(n, device=device)
+    fmin = max(fmin, 1.0 / n)
+    scale = f.clamp(min=fmin) ** (-exponent / 2.0)
+    scale[0] = 0.0  # zero mean
+    # Variance of irfft's output: each complex term k contributes 4 * scale_k**2 / n**2 (its real and
+    # imaginary parts, both counted twice by Hermitian symmetry); the real Nyquist term of an even
+    # length contributes scale**2 / n**2.
+    weight = torch.full_like(scale, 4.0)
+    if n % 2 == 0:
+        weight[-1] = 1.0
+    sigma = torch.sqrt((weight * scale**2).sum()) / n
+    spec_shape = [*shape[:-1], f.numel()]
+    real = torch.randn(spec_shape, device=device, generator=generator)
+    imag = torch.randn(spec_shape, device=device, generator=generator)
+    if n % 2 == 0:
+        imag[..., -1] = 0.0  # the Nyquist term of a real signal is real
+    spectrum = torch.complex(real, imag) * scale
+    return torch.fft.irfft(spectrum, n=n, dim=-1) / sigma
+
+
+def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
+    """Add colored noise to each item of the batch `x` in place, at a random level relative to its std.
+
+    Item `i` gets `level_i * std(x_i) * noise` with `level_i` uniform in `[min_level, max_level]`, with
+    probability `p` (0 otherwise). Levels are per item, not per channel.
+
+    Args:
+        x: a batch `[B, ...]`, modified in place and returned.
+        color (float): the noise exponent (`NoiseColor`).
+        min_level, max_level (float): range of the noise's std as a fraction of the item's std.
+        p (float): probability that an item gets noise.
+
+    Example:
+        >>> x = torch.zeros(2, 1, 100)
+        >>> add_noise_(x, NoiseColor.White, 0.1, 0.2).abs().sum().item()    # silence stays silent
+        0.0
+    """
+    n = x.shape[0]
+    shape = [n] + [1] * (x.ndim - 1)
+    levels = torch.rand(shape, device=x.device, generator=generator) * (max_level - min_level) + min_level
+    if p < 1:
+        levels = levels * random_mask(shape, p, device=x.device, generator=generator)
+    std = x.reshape(n, -1).std(1).view(shape)
+    noise = colored_noise(x.shape, color, device=x.device, generator=generator).to(x.dtype)
+    return x.addcmul_(levels * std, noise)
+
+
+def shift_signal(x, shift, roll=False):
+    """Shift `x` along its last axis by `shift` samples (right if positive), filling with zeros or rolling.
+
+    Args:
+        x: a tensor `[..., T]`.
+        shift (int or integer tensor `[B]`): one shift for all of `x`, or one per item of a batch `[B, ..., T]`.
+        roll (bool): wrap the samples that leave one end around to the other instead of zero-filling.
+
+    Returns a new tensor of `x`'s shape; sample `t` of the output is sample `t - shift` of the input.
+
+    Example:
+        >>> shift_signal(torch.arange(1, 6), 2), shift_signal(torch.arange(1, 6), -2, roll=True)
+        (tensor([0, 0, 1, 2, 3]), tensor([3, 4, 5, 1, 2]))
+    """
+    n = x.shape[-1]
+    if not torch.is_tensor(shift):
+        if roll:
+            return torch.roll(x, shift, dims=-1)
+        shift = max(-n, min(n, int(shift)))
+        out = torch.zeros_like(x)
+        if shift >= 0:
+            out[..., shift:] = x[..., : n - shift]
+        else:
+            out[..., :shift] = x[..., -shift:]
+        return out
+    # One shift per item: gather from `t - shift`, out-of-range sources are zeros (or wrap when rolling).
+    shape = [x.shape[0]] + [1] * (x.ndim - 1)
+    src = torch.arange(n, device=x.device) - shift.to(x.device).view(shape)
+    if roll:
+        return x.gather(-1, (src % n).expand(x.shape))
+    valid = (src >= 0) & (src < n)
+    out = x.gather(-1, src.clamp(0, n - 1).expand(x.shape))
+    return torch.where(valid, out, torch.zeros((), dtype=x.dtype, device=x.device))
