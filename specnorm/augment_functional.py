@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "NoiseColor",
     "add_noise_",
+    "band_mask",
     "colored_noise",
     "mask_along_axis",
     "mask_along_axis_",
@@ -41,6 +42,8 @@ def region_mask(n, min_mask_size, max_mask_size, maskable_length, device=None, g
         `[n, maskable_length]`, bool.
 
     Example:
+
+        >>> import torch
         >>> m = region_mask(3, 4, 4, 10)
         >>> m.shape, m.sum(1).tolist()
         (torch.Size([3, 10]), [4, 4, 4])
@@ -70,14 +73,30 @@ def _fill_value(x, mask_val):
     return x.mean((-2, -1), keepdim=True) if mask_val is None else mask_val
 
 
-def _axis_masks(x, num_masks, min_size, max_size, axis, generator=None):
-    "Union of `num_masks` random bands along `axis` (2: frequency, 3: time) for each item of `x` `[B, C, F, T]`."
+def band_mask(x, num_masks, min_size, max_size, axis, first_start=None, generator=None):
+    """For each item of `x` `[B, C, F, T]`, the union of `num_masks` random bands along `axis` (2: rows, 3: frames).
+
+    Band widths are uniform in `[min_size, max_size]` (`region_mask`); with `first_start`, the first band
+    of every item is `[first_start, first_start + max_size)` instead of random.
+
+    Shape:
+        `[B, 1, F, 1]` (axis 2) or `[B, 1, 1, T]` (axis 3), bool: one mask per item, shared by its channels.
+
+    Example:
+
+        >>> import torch
+        >>> band_mask(torch.zeros(2, 1, 6, 3), 1, 2, 2, axis=2, first_start=1).flatten(1).tolist()
+        [[False, True, True, False, False, False], [False, True, True, False, False, False]]
+    """
     if axis not in (2, 3):
         raise ValueError(f"can only mask the frequency (2) or time (3) axis of [B, C, F, T], not axis {axis}")
     n, length = x.shape[0], x.shape[axis]
-    # Looked up through the module so that tests can substitute a known mask (fastaudio's tests do).
     masks = region_mask(num_masks * n, min_size, max_size, length, device=x.device, generator=generator)
-    masks = masks.view(num_masks, n, length).any(0)
+    masks = masks.view(num_masks, n, length)
+    if first_start is not None:
+        idx = torch.arange(length, device=x.device)
+        masks[0] = (idx >= first_start) & (idx < first_start + max_size)
+    masks = masks.any(0)
     return masks.view(n, 1, length, 1) if axis == 2 else masks.view(n, 1, 1, length)
 
 
@@ -96,18 +115,20 @@ def mask_along_axis(specgrams, num_masks, min_size, max_size, mask_val=None, axi
         axis (int): 2 (frequency) or 3 (time).
 
     Example:
+
+        >>> import torch
         >>> x = torch.arange(6.).repeat(2, 1, 4, 1)          # [2, 1, 4, 6]: value = frame index
         >>> y = mask_along_axis(x, 1, 2, 2, mask_val=-1., axis=3)
         >>> (y == -1).sum((-2, -1)).flatten().tolist()       # 2 frames x 4 rows per item
         [8, 8]
     """
-    masks = _axis_masks(specgrams, num_masks, min_size, max_size, axis, generator)
+    masks = band_mask(specgrams, num_masks, min_size, max_size, axis, generator=generator)
     return torch.where(masks, _fill_value(specgrams, mask_val), specgrams)
 
 
 def mask_along_axis_(specgrams, num_masks, min_size, max_size, mask_val=None, axis=2, generator=None):
     "In-place `mask_along_axis` (fastaudio's name): writes the masks into `specgrams` and returns it."
-    masks = _axis_masks(specgrams, num_masks, min_size, max_size, axis, generator)
+    masks = band_mask(specgrams, num_masks, min_size, max_size, axis, generator=generator)
     if mask_val is None:
         return specgrams.copy_(torch.where(masks, _fill_value(specgrams, None), specgrams))
     return specgrams.masked_fill_(masks, mask_val)
@@ -153,9 +174,11 @@ def colored_noise(shape, exponent, fmin=0, device=None, generator=None):
             `fmin`; at least `1 / n`.
 
     Example:
-        >>> y = colored_noise([4, 8000], NoiseColor.Pink, generator=torch.Generator().manual_seed(0))
+
+        >>> import torch
+        >>> y = colored_noise([64, 8000], NoiseColor.Pink, generator=torch.Generator().manual_seed(0))
         >>> y.shape, round(y.std().item(), 1)
-        (torch.Size([4, 8000]), 1.0)
+        (torch.Size([64, 8000]), 1.0)
     """
     shape = list(shape)
     if exponent == 0:
@@ -194,6 +217,8 @@ def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
         p (float): probability that an item gets noise.
 
     Example:
+
+        >>> import torch
         >>> x = torch.zeros(2, 1, 100)
         >>> add_noise_(x, NoiseColor.White, 0.1, 0.2).abs().sum().item()    # silence stays silent
         0.0
@@ -219,6 +244,8 @@ def shift_signal(x, shift, roll=False):
     Returns a new tensor of `x`'s shape; sample `t` of the output is sample `t - shift` of the input.
 
     Example:
+
+        >>> import torch
         >>> shift_signal(torch.arange(1, 6), 2), shift_signal(torch.arange(1, 6), -2, roll=True)
         (tensor([0, 0, 1, 2, 3]), tensor([3, 4, 5, 1, 2]))
     """

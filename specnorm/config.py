@@ -23,6 +23,7 @@ def config_from_func(func, name, **kwargs):
     `kwargs` add fields or override defaults. Deprecated torchaudio arguments are left out.
 
     Example:
+        >>> import torchaudio.transforms as T
         >>> Cfg = config_from_func(T.Spectrogram, "Cfg", mel=False, n_fft=512)
         >>> cfg = Cfg(hop_length=128)
         >>> cfg.n_fft, cfg.hop_length, cfg.mel
