@@ -9,8 +9,6 @@ host, so a batch costs no host sync. The public names and arguments follow fasta
 `augment_spectrogram`.
 """
 
-import math
-
 import torch
 
 __all__ = [

@@ -13,7 +13,6 @@ or fastai's `set_seed` makes runs reproducible), never from the tensor's values,
 reads a tensor value back on the host: a batch costs no host sync.
 """
 
-import random
 from enum import Enum
 
 import torch

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from fastai.vision.augment import RandTransform
 
-from .audio import AudioSpectrogram, AudioTensor
 from . import augment_functional as functional
+from .audio import AudioSpectrogram, AudioTensor
 from .augment_functional import random_mask, shift_signal
 from .augment_signal import AudioPadType, as_batch, retype
 

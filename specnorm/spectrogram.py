@@ -62,7 +62,9 @@ class AudioToSpec(DisplayedTransform):
         accepted = _params(T.MelSpectrogram if mel else T.Spectrogram)
         unused = sorted(k for k in settings if k not in accepted and k not in _DB_ARGS)
         if unused:
-            warnings.warn(f"{type(self).__name__}: {', '.join(unused)} not used by this spectrogram; ignored")
+            warnings.warn(
+                f"{type(self).__name__}: {', '.join(unused)} not used by this spectrogram; ignored", stacklevel=2
+            )
         top_db = settings.pop("top_db", top_db)
         settings.pop("stype", None)  # follows the spectrogram's power (2: power, 1: magnitude)
         settings = {k: v for k, v in settings.items() if k in accepted}
