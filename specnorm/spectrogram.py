@@ -16,11 +16,22 @@ from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
 
-__all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer"]
+__all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "get_usable_kwargs"]
 
 
-def _params(transform):
-    return set(inspect.signature(transform).parameters)
+def get_usable_kwargs(func, kwargs, exclude=None):
+    """`func`'s parameters with their defaults, updated with the entries of `kwargs` that `func` takes.
+
+    Parameters in `exclude` are left out; a parameter without a default maps to `inspect.Parameter.empty`.
+
+    Example:
+        >>> def f(a=1, b=2): ...
+        >>> get_usable_kwargs(f, {'b': 5, 'z': 0})
+        {'a': 1, 'b': 5}
+    """
+    exclude = set(exclude or ())
+    params = {k: p.default for k, p in inspect.signature(func).parameters.items() if k not in exclude}
+    return params | {k: v for k, v in kwargs.items() if k in params}
 
 
 # Arguments of the dB conversion; fastaudio's AudioToSpec routed them to `AmplitudeToDB`.
@@ -59,7 +70,7 @@ class AudioToSpec(DisplayedTransform):
         # fastaudio's configs carry every argument of every transform of its pipeline (and it passed
         # `sample_rate`, `n_mels`... to a linear spectrogram): keep those the torchaudio transform takes,
         # warn about the others instead of failing.
-        accepted = _params(T.MelSpectrogram if mel else T.Spectrogram)
+        accepted = get_usable_kwargs(T.MelSpectrogram if mel else T.Spectrogram, {}).keys()
         unused = sorted(k for k in settings if k not in accepted and k not in _DB_ARGS)
         if unused:
             warnings.warn(
