@@ -193,13 +193,12 @@ def colored_noise(shape, exponent, fmin=0, device=None, generator=None):
     if n % 2 == 0:
         weight[-1] = 1.0
     sigma = torch.sqrt((weight * scale**2).sum()) / n
-    spec_shape = [*shape[:-1], f.numel()]
-    real = torch.randn(spec_shape, device=device, generator=generator)
-    imag = torch.randn(spec_shape, device=device, generator=generator)
+    # Real and imaginary parts drawn in one call, as the last axis of a view_as_complex buffer.
+    parts = torch.randn([*shape[:-1], f.numel(), 2], device=device, generator=generator)
     if n % 2 == 0:
-        imag[..., -1] = 0.0  # the Nyquist term of a real signal is real
-    spectrum = torch.complex(real, imag) * scale
-    return torch.fft.irfft(spectrum, n=n, dim=-1) / sigma
+        parts[..., -1, 1] = 0.0  # the Nyquist term of a real signal is real
+    spectrum = torch.view_as_complex(parts) * (scale / sigma)  # unit variance folded into the small scale
+    return torch.fft.irfft(spectrum, n=n, dim=-1)
 
 
 def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
