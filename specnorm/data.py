@@ -113,7 +113,9 @@ class AudioBlock(TransformBlock):
         """
         path = Path(path)
         cache_folder = path.parent / f"{path.name}_cached" if cache_folder is None else cache_folder
-        preprocess_audio_folder(get_audio_files(path), cache_folder, sample_rate, force_mono, **kwargs)
+        preprocess_audio_folder(
+            get_audio_files(path), cache_folder, sample_rate=sample_rate, force_mono=force_mono, **kwargs
+        )
         return cls(sample_rate, force_mono, crop_signal_to, cache_folder)
 
 

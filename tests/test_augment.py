@@ -320,8 +320,10 @@ def test_augmentations_read_no_host_value_and_are_reproducible(tfm, kind, device
 @pytest.mark.parametrize("tfm,kind", _augmentations(), ids=lambda v: type(v).__name__ if not isinstance(v, str) else v)
 def test_random_augmentations_leave_validation_batches_untouched(tfm, kind):
     x = _signal_batch("cpu") if kind == "signal" else _spec_batch("cpu")
-    if tfm.split_idx == 0:
+    if tfm.split_idx == 0:  # augmentations
         assert tfm(x, split_idx=1) is x
+    else:  # shape transforms (Delta, TfmResize) apply on every split
+        assert tfm(x, split_idx=1).shape != x.shape
 
 
 def test_spectrogram_transforms_warn_on_waveforms():
