@@ -77,10 +77,10 @@ class OpenAudio(DisplayedTransform):
         super().__init__()
         self.items = items
 
-    def encodes(self, i: int):
+    def encodes(self, i):  # untyped: numpy and torch integers index too
         return AudioTensor.create(self.items[i])
 
-    def decodes(self, i: int):
+    def decodes(self, i):
         return self.items[i]
 
 

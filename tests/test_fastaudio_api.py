@@ -94,6 +94,7 @@ def test_audio_files_getter_and_open_audio(tmp_path):
     assert sorted(AudioGetter("low")(path)) == sorted(get_audio_files(path / "low"))
     oa = OpenAudio(sorted(files))
     item = oa(0)
+    assert torch.equal(oa(np.int64(0)), item)
     assert isinstance(item, AudioTensor) and item.sr == 22050 and item.shape == (1, 11025)
     assert oa.decode(0) == sorted(files)[0]
 
