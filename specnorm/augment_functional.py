@@ -18,6 +18,7 @@ __all__ = [
     "colored_noise",
     "mask_along_axis",
     "mask_along_axis_",
+    "no_information_value",
     "random_mask",
     "region_mask",
     "shift_signal",
@@ -66,9 +67,28 @@ def random_mask(shape, p, device=None, generator=None):
     return torch.rand(shape, device=device, generator=generator) < p
 
 
+def no_information_value(x, meta=None):
+    """The fill that carries no information on the spectrogram batch `x` `[..., F, T]`.
+
+    0 when `meta` (the spectrogram, or any object with its metadata; default `x`) is marked
+    `standardized` (as `SpecNormalize`, `InstanceSpecNorm` and `SlidingSpecNorm` mark their output):
+    0 is the mean a normalization maps to. Otherwise the clip's mean: each item's per-channel mean over
+    its last two axes, `[..., 1, 1]`.
+
+    Example:
+        >>> import torch
+        >>> class Meta: standardized = True
+        >>> no_information_value(torch.ones(1, 2, 2), Meta()), no_information_value(torch.ones(1, 2, 2)).flatten()
+        (0.0, tensor([1.]))
+    """
+    if getattr(x if meta is None else meta, "standardized", False):
+        return 0.0
+    return x.mean((-2, -1), keepdim=True)
+
+
 def _fill_value(x, mask_val):
-    "The value a mask writes: `mask_val`, or each item's per-channel mean (`[B, C, 1, 1]`) when `None`."
-    return x.mean((-2, -1), keepdim=True) if mask_val is None else mask_val
+    "The value a mask writes: `mask_val`, or `no_information_value(x)` when `None`."
+    return no_information_value(x) if mask_val is None else mask_val
 
 
 def band_mask(x, num_masks, min_size, max_size, axis, first_start=None, generator=None):
@@ -102,14 +122,14 @@ def mask_along_axis(specgrams, num_masks, min_size, max_size, mask_val=None, axi
     """SpecAugment masks: `num_masks` random bands of frequency rows (`axis=2`) or time frames (`axis=3`).
 
     Each item gets its own bands, shared by its channels. Masked values become `mask_val`, or, when it
-    is `None`, the item's per-channel mean over the whole spectrogram (the clip's mean: a value that
-    says nothing about the masked band). Returns a new tensor.
+    is `None`, `no_information_value(specgrams)`: 0 on a standardized spectrogram, else the item's
+    per-channel mean over the whole spectrogram (the clip's mean). Returns a new tensor.
 
     Args:
         specgrams: `[B, C, F, T]`.
         num_masks (int): bands per item (they may overlap).
         min_size, max_size (float): range of each band's width, in rows or frames.
-        mask_val (float or None): the fill; `None` for the clip's mean.
+        mask_val (float or None): the fill; `None` for `no_information_value`.
         axis (int): 2 (frequency) or 3 (time).
 
     Example:
@@ -230,13 +250,14 @@ def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
     return x.addcmul_(levels * std, noise)
 
 
-def shift_signal(x, shift, roll=False):
-    """Shift `x` along its last axis by `shift` samples (right if positive), filling with zeros or rolling.
+def shift_signal(x, shift, roll=False, fill=0.0):
+    """Shift `x` along its last axis by `shift` samples (right if positive), filling with `fill` or rolling.
 
     Args:
         x: a tensor `[..., T]`.
         shift (int or integer tensor `[B]`): one shift for all of `x`, or one per item of a batch `[B, ..., T]`.
-        roll (bool): wrap the samples that leave one end around to the other instead of zero-filling.
+        roll (bool): wrap the samples that leave one end around to the other instead of filling.
+        fill (float or tensor broadcastable to `x`): the value of the vacated samples (0: silence).
 
     Returns a new tensor of `x`'s shape; sample `t` of the output is sample `t - shift` of the input.
 
@@ -251,11 +272,13 @@ def shift_signal(x, shift, roll=False):
         if roll:
             return torch.roll(x, shift, dims=-1)
         shift = max(-n, min(n, int(shift)))
-        out = torch.zeros_like(x)
+        out = torch.empty_like(x)
         if shift >= 0:
             out[..., shift:] = x[..., : n - shift]
+            out[..., :shift] = fill
         else:
             out[..., :shift] = x[..., -shift:]
+            out[..., shift:] = fill
         return out
     # One shift per item: gather from `t - shift`, out-of-range sources are zeros (or wrap when rolling).
     shape = [x.shape[0]] + [1] * (x.ndim - 1)
@@ -264,4 +287,4 @@ def shift_signal(x, shift, roll=False):
         return x.gather(-1, (src % n).expand(x.shape))
     valid = (src >= 0) & (src < n)
     out = x.gather(-1, src.clamp(0, n - 1).expand(x.shape))
-    return torch.where(valid, out, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(valid, out, torch.as_tensor(fill, dtype=x.dtype, device=x.device))

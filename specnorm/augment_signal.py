@@ -19,7 +19,15 @@ import torch
 from fastai.vision.augment import RandTransform
 
 from .audio import AudioSpectrogram, AudioTensor
-from .augment_functional import NoiseColor, add_noise_, colored_noise, random_mask, region_mask, shift_signal
+from .augment_functional import (
+    NoiseColor,
+    add_noise_,
+    colored_noise,
+    no_information_value,
+    random_mask,
+    region_mask,
+    shift_signal,
+)
 
 __all__ = [
     "AddNoise",
@@ -111,7 +119,8 @@ class SignalShifter(_Augment):
         max_pct (float): largest shift as a fraction of the length.
         max_time (float or None): largest shift in seconds (overrides `max_pct`).
         direction (int): -1, 0 or 1.
-        roll (bool): wrap around instead of filling with zeros (0 for a waveform: silence).
+        roll (bool): wrap around instead of filling: a waveform gets 0 (silence), a spectrogram
+            `no_information_value` (0 when standardized, else the clip's mean), as the masks do.
 
     Example:
         >>> from specnorm.util import apply_transform, test_audio_tensor
@@ -126,10 +135,10 @@ class SignalShifter(_Augment):
         super().__init__(p=p)
         self.max_pct, self.max_time, self.direction, self.roll = max_pct, max_time, direction, roll
 
-    def _shift(self, batch, max_shift):
+    def _shift(self, batch, max_shift, fill=0.0):
         u = torch.rand(batch.shape[0], device=batch.device)
         u = 2 * u - 1 if self.direction == 0 else self.direction * u
-        return shift_signal(batch, (u * max_shift).long(), roll=self.roll)  # .long() truncates toward 0
+        return shift_signal(batch, (u * max_shift).long(), roll=self.roll, fill=fill)  # .long() truncates to 0
 
     def encodes(self, x: AudioTensor):
         batch, was_item = as_batch(x, 2)
@@ -140,7 +149,7 @@ class SignalShifter(_Augment):
         batch, was_item = as_batch(x, 3)
         frames_per_s = x.sr / x.hop_length if self.max_time is not None else None
         max_shift = self.max_pct * x.width if self.max_time is None else self.max_time * frames_per_s
-        return retype(self._shift(batch, max_shift), x, was_item)
+        return retype(self._shift(batch, max_shift, no_information_value(batch, x)), x, was_item)
 
 
 def _check_color(color):

@@ -28,7 +28,7 @@ from fastai.vision.augment import RandTransform
 
 from . import augment_functional as functional
 from .audio import AudioSpectrogram, AudioTensor
-from .augment_functional import random_mask, shift_signal
+from .augment_functional import no_information_value, random_mask, shift_signal
 from .augment_signal import AudioPadType, as_batch, retype
 
 __all__ = [
@@ -43,22 +43,7 @@ __all__ = [
     "SpectrogramTransform",
     "TfmResize",
     "TfmResizeGPU",
-    "no_information_value",
 ]
-
-
-def no_information_value(x):
-    """The fill that carries no information on the spectrogram `x`: 0 on a standardized one
-    (`x.standardized`, set by `SpecNormalize`, `InstanceSpecNorm`, `SlidingSpecNorm`), else `None`
-    (which `mask_along_axis` reads as the clip's mean).
-
-    Example:
-
-        >>> import torch
-        >>> no_information_value(AudioSpectrogram(torch.zeros(1, 4, 4), standardized=True))
-        0.0
-    """
-    return 0.0 if getattr(x, "standardized", False) else None
 
 
 class SpectrogramTransform(RandTransform):
@@ -144,9 +129,6 @@ class _Mask(SpectrogramTransform):
     split_idx, order = 0, 100
     axis = 2
 
-    def _fill(self, x):
-        return self.mask_val if self.mask_val is not None else no_information_value(x)
-
     def _masks(self, batch):
         raise NotImplementedError
 
@@ -155,8 +137,7 @@ class _Mask(SpectrogramTransform):
         masks = self._masks(batch)
         if self.p_item < 1:
             masks = masks & random_mask([batch.shape[0], 1, 1, 1], self.p_item, device=batch.device)
-        fill = self._fill(x)
-        fill = batch.mean((-2, -1), keepdim=True) if fill is None else fill
+        fill = self.mask_val if self.mask_val is not None else no_information_value(batch, x)
         return retype(torch.where(masks, fill, batch), x, was_item)
 
 

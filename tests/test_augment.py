@@ -341,3 +341,20 @@ def test_masks_larger_than_the_spectrogram_are_an_error():
         MaskFreqGPU(min_size=1, max_size=50)(_spec_batch("cpu"), split_idx=0)
     with pytest.raises(ValueError, match="does not fit"):
         MaskTime(size=10, start=55)(_spec_batch("cpu"), split_idx=0)
+
+
+def test_shifting_a_spectrogram_fills_with_the_no_information_value(device):
+    x = _spec_batch(device, b=8)
+    out = SignalShifter(p=1.0, max_pct=0.5, direction=1)(x, split_idx=0).as_subclass(torch.Tensor)
+    plain = x.as_subclass(torch.Tensor)
+    clip_mean = plain.mean((-2, -1), keepdim=True)
+    for i in range(8):
+        k = next(k for k in range(31) if torch.equal(out[i, ..., k:], plain[i, ..., : 60 - k]))
+        assert torch.allclose(out[i, ..., :k], clip_mean[i].expand(2, 40, k))
+    std = AudioSpectrogram(plain, sr=16000, hop_length=128, standardized=True)
+    shifted = SignalShifter(p=1.0, max_pct=0.5, direction=-1)(std, split_idx=0).as_subclass(torch.Tensor)
+    for i in range(8):
+        k = next(k for k in range(31) if torch.equal(shifted[i, ..., : 60 - k], plain[i, ..., k:]))
+        assert (shifted[i, ..., 60 - k :] == 0).all()
+    fixed = shift_signal(plain, -3, fill=clip_mean)
+    assert torch.equal(fixed[..., :-3], plain[..., 3:]) and torch.equal(fixed[..., -3:], clip_mean.expand(8, 2, 40, 3))
