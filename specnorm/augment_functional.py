@@ -41,7 +41,6 @@ def region_mask(n, min_mask_size, max_mask_size, maskable_length, device=None, g
         `[n, maskable_length]`, bool.
 
     Example:
-
         >>> import torch
         >>> m = region_mask(3, 4, 4, 10)
         >>> m.shape, m.sum(1).tolist()
@@ -101,7 +100,6 @@ def band_mask(x, num_masks, min_size, max_size, axis, first_start=None, generato
         `[B, 1, F, 1]` (axis 2) or `[B, 1, 1, T]` (axis 3), bool: one mask per item, shared by its channels.
 
     Example:
-
         >>> import torch
         >>> band_mask(torch.zeros(2, 1, 6, 3), 1, 2, 2, axis=2, first_start=1).flatten(1).tolist()
         [[False, True, True, False, False, False], [False, True, True, False, False, False]]
@@ -133,7 +131,6 @@ def mask_along_axis(specgrams, num_masks, min_size, max_size, mask_val=None, axi
         axis (int): 2 (frequency) or 3 (time).
 
     Example:
-
         >>> import torch
         >>> x = torch.arange(6.).repeat(2, 1, 4, 1)          # [2, 1, 4, 6]: value = frame index
         >>> y = mask_along_axis(x, 1, 2, 2, mask_val=-1., axis=3)
@@ -192,7 +189,6 @@ def colored_noise(shape, exponent, fmin=0, device=None, generator=None):
             `fmin`; at least `1 / n`.
 
     Example:
-
         >>> import torch
         >>> y = colored_noise([64, 8000], NoiseColor.Pink, generator=torch.Generator().manual_seed(0))
         >>> y.shape, round(y.std().item(), 1)
@@ -234,7 +230,6 @@ def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
         p (float): probability that an item gets noise.
 
     Example:
-
         >>> import torch
         >>> x = torch.zeros(2, 1, 100)
         >>> add_noise_(x, NoiseColor.White, 0.1, 0.2).abs().sum().item()    # silence stays silent
@@ -262,7 +257,6 @@ def shift_signal(x, shift, roll=False, fill=0.0):
     Returns a new tensor of `x`'s shape; sample `t` of the output is sample `t - shift` of the input.
 
     Example:
-
         >>> import torch
         >>> shift_signal(torch.arange(1, 6), 2), shift_signal(torch.arange(1, 6), -2, roll=True)
         (tensor([0, 0, 1, 2, 3]), tensor([3, 4, 5, 1, 2]))

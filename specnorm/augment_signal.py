@@ -70,7 +70,8 @@ def retype(out, like, was_item):
     return out
 
 
-def _check_p(p):
+def check_p(p):
+    "Raise a `ValueError` unless `p` is a probability."
     if not 0 <= p <= 1:
         raise ValueError(f"p is a probability in [0, 1], not {p!r}")
 
@@ -85,7 +86,7 @@ class _Augment(RandTransform):
     per_item = False
 
     def __init__(self, p=1.0):
-        _check_p(p)
+        check_p(p)
         super().__init__(p=p)
 
     def before_call(self, b, split_idx):
@@ -193,7 +194,6 @@ class AddNoiseGPU(_Augment):
         color (float): noise exponent (see `AddNoise`).
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform, test_audio_tensor
         >>> x = AudioTensor(torch.randn(8, 1, 1000), sr=8000)
@@ -222,7 +222,6 @@ class ChangeVolumeGPU(_Augment):
     A gain `g` changes the level by `20 * log10(g)` dB (0.5: -6.0 dB, 1.5: +3.5 dB).
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform, test_audio_tensor
         >>> inp, out = apply_transform(ChangeVolumeGPU(p=1., lower=0.5, upper=0.5), test_audio_tensor())
@@ -258,7 +257,6 @@ class SignalCutoutGPU(_Augment):
     is uniform in `[min_cut_pct, max_cut_pct]` of the signal.
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform
         >>> x = AudioTensor(torch.ones(1, 1000), sr=1000)
@@ -298,7 +296,6 @@ class SignalLossGPU(_Augment):
     channels) with a probability uniform in `[min_cut_pct, max_cut_pct]`.
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform
         >>> x = AudioTensor(torch.ones(1, 10000), sr=1000)

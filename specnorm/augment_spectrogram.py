@@ -29,7 +29,7 @@ from fastai.vision.augment import RandTransform
 from . import augment_functional as functional
 from .audio import AudioSpectrogram, AudioTensor
 from .augment_functional import no_information_value, random_mask, shift_signal
-from .augment_signal import AudioPadType, as_batch, retype
+from .augment_signal import AudioPadType, as_batch, check_p, retype
 
 __all__ = [
     "CropTime",
@@ -56,6 +56,7 @@ class SpectrogramTransform(RandTransform):
     split_idx, order = None, 60
 
     def __init__(self, p=1.0):
+        check_p(p)
         super().__init__(p=p)
 
     def before_call(self, b, split_idx):
@@ -92,7 +93,6 @@ class CropTime(SpectrogramTransform):
         pad_mode (str or AudioPadType): `'zeros'`, `'zeros_after'` or `'repeat'`.
 
     Example:
-
         >>> import torch
         >>> sg = AudioSpectrogram(torch.zeros(1, 64, 251), sr=16000, hop_length=128)
         >>> CropTime(1000)(sg).shape
@@ -124,10 +124,18 @@ class CropTime(SpectrogramTransform):
 
 
 class _Mask(SpectrogramTransform):
-    "Base of the masks: train-only, after the normalizations, filling with `no_information_value` by default."
+    """Base of the masks: train-only, after the normalizations, filling with `no_information_value` by default.
+
+    `p` is the probability that an item is masked, drawn per item on the device (as for the `...GPU`
+    signal augmentations), so every call goes through.
+    """
 
     split_idx, order = 0, 100
     axis = 2
+
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        self.do = True
 
     def _masks(self, batch):
         raise NotImplementedError
@@ -135,8 +143,8 @@ class _Mask(SpectrogramTransform):
     def encodes(self, x: AudioSpectrogram):
         batch, was_item = as_batch(x, 3)
         masks = self._masks(batch)
-        if self.p_item < 1:
-            masks = masks & random_mask([batch.shape[0], 1, 1, 1], self.p_item, device=batch.device)
+        if self.p < 1:
+            masks = masks & random_mask([batch.shape[0], 1, 1, 1], self.p, device=batch.device)
         fill = self.mask_val if self.mask_val is not None else no_information_value(batch, x)
         return retype(torch.where(masks, fill, batch), x, was_item)
 
@@ -152,7 +160,6 @@ class MaskFreqGPU(_Mask):
         p (float): probability that an item is masked.
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform
         >>> sg = AudioSpectrogram(torch.randn(4, 1, 64, 100), standardized=True)
@@ -164,14 +171,8 @@ class MaskFreqGPU(_Mask):
     def __init__(self, num_masks=1, min_size=1, max_size=10, mask_val=None, p=1.0):
         if not 0 <= min_size <= max_size:
             raise ValueError(f"need 0 <= min_size <= max_size, got {min_size}, {max_size}")
-        super().__init__()
-        self.num_masks, self.min_size, self.max_size, self.mask_val, self.p_item = (
-            num_masks,
-            min_size,
-            max_size,
-            mask_val,
-            p,
-        )
+        super().__init__(p=p)
+        self.num_masks, self.min_size, self.max_size, self.mask_val = num_masks, min_size, max_size, mask_val
 
     def _masks(self, batch):
         length = batch.shape[self.axis]
@@ -187,7 +188,6 @@ class MaskTimeGPU(MaskFreqGPU):
     """SpecAugment time masking: `num_masks` bands of frames per item (arguments of `MaskFreqGPU`).
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform
         >>> sg = AudioSpectrogram(torch.randn(2, 1, 64, 100), standardized=True)
@@ -209,7 +209,6 @@ class MaskFreq(_Mask):
         val (float or None): the fill; `None` for the value that carries no information (module docstring).
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform
         >>> sg = AudioSpectrogram(torch.rand(1, 64, 50))
@@ -220,7 +219,7 @@ class MaskFreq(_Mask):
 
     def __init__(self, num_masks=1, size=20, start=None, val=None):
         super().__init__()
-        self.num_masks, self.size, self.start, self.mask_val, self.p_item = num_masks, size, start, val, 1.0
+        self.num_masks, self.size, self.start, self.mask_val = num_masks, size, start, val
 
     def _masks(self, batch):
         length = batch.shape[self.axis]
@@ -246,7 +245,6 @@ class SGRoll(SpectrogramTransform):
         direction (int): -1 (earlier), 0 (either) or 1 (later).
 
     Example:
-
         >>> import torch
         >>> from specnorm.util import apply_transform
         >>> sg = AudioSpectrogram(torch.rand(1, 8, 100))
@@ -282,7 +280,6 @@ class DeltaGPU(SpectrogramTransform):
         mode (str): edge padding of `compute_deltas` (`'replicate'`).
 
     Example:
-
         >>> import torch
         >>> DeltaGPU()(AudioSpectrogram(torch.rand(2, 4, 64, 50))).shape
         torch.Size([2, 12, 64, 50])
@@ -312,7 +309,6 @@ class TfmResizeGPU(SpectrogramTransform):
     """Resize the spectrogram image to `size` (`(rows, frames)`, or an int for a square) by interpolation.
 
     Example:
-
         >>> import torch
         >>> TfmResizeGPU(32)(AudioSpectrogram(torch.rand(2, 1, 64, 50))).shape
         torch.Size([2, 1, 32, 32])

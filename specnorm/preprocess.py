@@ -38,7 +38,6 @@ def nonsilent_intervals(x, threshold, hop):
     above the threshold keeps the `hop` samples it is centred on. Returns a `[K, 2]` int64 tensor.
 
     Example:
-
         >>> import torch
         >>> x = torch.cat([torch.zeros(1000), torch.ones(2000), torch.zeros(1000)])[None]
         >>> nonsilent_intervals(x, 20, 100).tolist()
@@ -80,7 +79,6 @@ class RemoveSilence(DisplayedTransform):
         `[C, T]` -> `[C, T']`, `T' <= T`. Items only (the length depends on the clip).
 
     Example:
-
         >>> import torch
         >>> sr = 1000
         >>> x = torch.cat([torch.zeros(500), torch.randn(1000), torch.zeros(500)])
@@ -123,7 +121,6 @@ class PreprocessAudio:
         sample_rate, force_mono, crop_signal_to: as `audio_item_tfms` (crop in milliseconds).
 
     Example:
-
         >>> import torch
         >>> pp = PreprocessAudio(sample_rate=8000, crop_signal_to=1000)
         >>> pp('dog.wav').shape    # doctest: +SKIP

@@ -17,7 +17,6 @@ def create_sin_wave(seconds=5, sr=16000, freq=400):
     """A sine of `freq` Hz and unit amplitude, `seconds` long at `sr` Hz: `(samples [seconds * sr], sr)`.
 
     Example:
-
         >>> import torch
         >>> wave, sr = create_sin_wave(seconds=1, sr=8000, freq=1000)
         >>> wave.shape, sr, [round(v, 3) for v in wave[:3].tolist()]
@@ -31,7 +30,6 @@ def test_audio_tensor(seconds=2, sr=16000, channels=1):
     """An `AudioTensor` `[channels, seconds * sr]` of a 400 Hz sine (the same on every channel).
 
     Example:
-
         >>> import torch
         >>> a = test_audio_tensor(channels=2)
         >>> a.shape, a.sr, a.duration
@@ -51,7 +49,6 @@ def apply_transform(transform, inp):
     untouched even by a transform that works in place.
 
     Example:
-
         >>> import torch
         >>> from specnorm.augment_signal import ChangeVolume
         >>> inp, out = apply_transform(ChangeVolume(p=1., lower=2., upper=2.), test_audio_tensor())
@@ -68,7 +65,6 @@ def auto_batch(item_dims):
     added before the call and removed after.
 
     Example:
-
         >>> import torch
         >>> class Peak:
         ...     @auto_batch(2)

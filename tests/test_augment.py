@@ -358,3 +358,12 @@ def test_shifting_a_spectrogram_fills_with_the_no_information_value(device):
         assert (shifted[i, ..., 60 - k :] == 0).all()
     fixed = shift_signal(plain, -3, fill=clip_mean)
     assert torch.equal(fixed[..., :-3], plain[..., 3:]) and torch.equal(fixed[..., -3:], clip_mean.expand(8, 2, 40, 3))
+
+
+def test_mask_probability_is_per_item(device):
+    x = _spec_batch(device, b=200, f=20, t=20)
+    masked = lambda p: (MaskFreqGPU(min_size=2, max_size=2, p=p)(x, split_idx=0) != x).flatten(1).any(1)
+    assert masked(0.0).sum() == 0 and masked(1.0).all()
+    assert 0.35 < masked(0.5).float().mean() < 0.65
+    with pytest.raises(ValueError, match="probability"):
+        MaskTimeGPU(p=1.5)
