@@ -1,6 +1,9 @@
 """`from specnorm.all import *`: the public API, fastai style (code written for fastaudio runs with this import)."""
 
 from .audio import *
+from .augment_functional import *
+from .augment_signal import *
+from .augment_spectrogram import *
 from .cache import *
 from .config import *
 from .data import *
@@ -9,10 +12,12 @@ from .experiment import *
 from .instance import *
 from .normalize import *
 from .pcen import *
+from .preprocess import *
 from .signal import *
 from .sliding import *
 from .spectrogram import *
 from .stats import *
 from .survey import *
 from .synth import *
+from .util import *
 from .views import *

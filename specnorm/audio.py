@@ -2,10 +2,13 @@
 
 The public names and their contracts follow fastaudio 1.0.2 (fastaudio/fastaudio), rebuilt on
 fastai 2.8's `TensorBase`: the sample rate and the spectrogram settings travel as tensor metadata,
-through torch operations, collation and batch transforms. Files are read and written with
-soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
+through torch operations, collation and batch transforms, and through `clone()` (which fastai 2.8's
+`TensorBase.clone` drops), `.to()`, pickling (DataLoader workers) and `torch.save`/`torch.load` (the
+two classes are registered as safe for `torch.load`'s default `weights_only=True`). Files are read and
+written with soundfile (libsndfile), because torchaudio >= 2.9 needs FFmpeg for its own `load`/`save`.
 """
 
+import mimetypes
 import os
 import struct
 from pathlib import Path
@@ -14,11 +17,41 @@ import matplotlib.pyplot as plt
 import numpy as np
 import soundfile as sf
 import torch
+from fastai.data.transforms import get_files
 from fastai.torch_core import TensorBase, TensorImageBase
 from fastai.vision.data import get_grid
 from plum import dispatch
 
-__all__ = ["AudioSpectrogram", "AudioTensor", "show_batch"]
+__all__ = [
+    "AudioSpectrogram",
+    "AudioTensor",
+    "audio_extensions",
+    "get_audio_files",
+    "show_audio_signal",
+    "show_batch",
+    "show_spectrogram",
+]
+
+# What `get_audio_files` looks for: every extension the MIME table calls audio, common formats some tables
+# lack, and every format this libsndfile reads (RAW needs its settings given, so it is left out).
+audio_extensions = tuple(
+    sorted(
+        {ext.lower() for ext, kind in mimetypes.types_map.items() if kind.startswith("audio/")}
+        | {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64"}
+        | {f".{k.lower()}" for k in sf.available_formats() if k != "RAW"}
+    )
+)
+
+
+def get_audio_files(path, recurse=True, folders=None):
+    """The audio files (by extension, `audio_extensions`) under `path`, recursively, only in `folders` if given.
+
+    Example:
+        >>> get_audio_files(path)   # doctest: +SKIP
+        (#2000) [Path('ESC-50-master/audio/1-100032-A-0.wav'),...]
+    """
+    return get_files(path, extensions=audio_extensions, recurse=recurse, folders=folders)
+
 
 _READ_OPTIONS = {"frame_offset": "start", "num_frames": "frames", "start": "start", "stop": "stop", "frames": "frames"}
 
@@ -81,7 +114,16 @@ def _check_wav_length(fn):
                 f.seek(n + (n & 1), 1)
 
 
-class AudioTensor(TensorBase):
+class _KeepsMeta:
+    "Mixin: `clone()` keeps the metadata (`sr`, spectrogram settings), as every other torch op does."
+
+    def clone(self, *, memory_format=torch.preserve_format):
+        out = super().clone(memory_format=memory_format)
+        out.set_meta(self, as_copy=True)
+        return out
+
+
+class AudioTensor(_KeepsMeta, TensorBase):
     """A waveform `[channels, samples]` (or a batch `[batch, channels, samples]`) that knows its sample rate.
 
     Args:
@@ -156,8 +198,10 @@ class AudioTensor(TensorBase):
 
         display(Audio(self.detach().cpu().numpy(), rate=self.sr))
 
-    def show(self, ctx=None, title=None, figsize=(6, 2), **kwargs):
-        "Plot the waveform, one line per channel, against time in seconds."
+    def show(self, ctx=None, title=None, figsize=(6, 2), hear=False, **kwargs):
+        "Plot the waveform, one line per channel, against time in seconds; `hear=True` adds an audio player."
+        if hear:
+            self.hear()
         ax = ctx if ctx is not None else plt.subplots(figsize=figsize)[1]
         data = self.detach().cpu().as_subclass(torch.Tensor).numpy()
         t = np.arange(data.shape[-1]) / self.sr
@@ -181,7 +225,7 @@ def _hz_to_mel(hz):
     return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
 
 
-class AudioSpectrogram(TensorImageBase):
+class AudioSpectrogram(_KeepsMeta, TensorImageBase):
     """A spectrogram `[channels, freq, frames]` (or a batch `[batch, channels, freq, frames]`).
 
     It subclasses `TensorImageBase`, so image-style batch transforms (and `SpecNormalize`) apply.
@@ -197,6 +241,16 @@ class AudioSpectrogram(TensorImageBase):
         >>> s.height, s.width, s.duration
         (201, 401, 5.0)
     """
+
+    @classmethod
+    def create(cls, x, settings=None):
+        "An `AudioSpectrogram` of the tensor `x` with the metadata in the dict `settings` (fastaudio's form)."
+        return cls(x, **(settings or {}))
+
+    @property
+    def settings(self):
+        "The metadata as a dict (`sr`, `n_fft`, `hop_length`, `mel`, `to_db`, ...): what made this spectrogram."
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     @property
     def height(self):
@@ -256,6 +310,21 @@ class AudioSpectrogram(TensorImageBase):
         if ctx is None:
             ax.figure.tight_layout()
         return ax
+
+
+def show_audio_signal(ai, ctx=None, ax=None, title=None, **kwargs):
+    "Plot the waveform `ai` on `ax` (or `ctx`, or a new figure): `AudioTensor.show` as a function (fastaudio's name)."
+    return ai.show(ctx=ax if ax is not None else ctx, title=title or None, **kwargs)
+
+
+def show_spectrogram(sg, title=None, ax=None, ctx=None, **kwargs):
+    "Draw the spectrogram `sg` on `ax` (or `ctx`, or a new figure): `AudioSpectrogram.show` as a function."
+    return sg.show(ctx=ax if ax is not None else ctx, title=title or None, **kwargs)
+
+
+# torch.load defaults to weights_only=True since torch 2.6: allow the two classes (their state is the
+# metadata dict of plain values), so saved tensors load with their sample rate and settings.
+torch.serialization.add_safe_globals([AudioTensor, AudioSpectrogram])
 
 
 @dispatch

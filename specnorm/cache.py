@@ -24,12 +24,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-from fastai.data.transforms import get_files
 from fastcore.parallel import ThreadPoolExecutor
 from fasttransform import Pipeline
 
-from .audio import AudioTensor
+from .audio import AudioTensor, get_audio_files
 from .progress import progress_bar
 from .signal import audio_item_tfms
 
@@ -166,11 +164,6 @@ class AudioCache:
         return self.__dict__ | {"hits": 0, "misses": 0, "rebuilt": 0}
 
 
-def _audio_extensions():
-    "File extensions of the formats libsndfile reads (RAW needs its settings given, so it is left out)."
-    return {f".{k.lower()}" for k in sf.available_formats() if k != "RAW"} | {".aif", ".oga", ".opus"}
-
-
 def preprocess_audio_folder(
     files,
     cache_folder=None,
@@ -212,7 +205,7 @@ def preprocess_audio_folder(
         if isinstance(cache_folder, (list, tuple)):  # fastaudio's second positional argument
             folders, cache_folder = cache_folder, None
         cache_folder = Path(output_dir or cache_folder or root.parent / f"{root.name}_cached")
-        files = get_files(root, extensions=_audio_extensions(), recurse=True, folders=folders)
+        files = get_audio_files(root, folders=folders)
     elif cache_folder is None:
         raise TypeError("preprocess_audio_folder: give the cache folder (cache_folder=...)")
     if crop_signal_to is not None:

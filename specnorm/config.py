@@ -11,22 +11,37 @@ from typing import Any
 
 import torchaudio.transforms as T
 
-__all__ = ["AudioConfig"]
+__all__ = ["AudioConfig", "config_from_func"]
 
 # Deprecated torchaudio arguments whose defaults only exist to warn.
 _SKIPPED = {"return_complex", "onesided"}
 
 
-def _config_from(name, transform, **extra):
+def config_from_func(func, name, **kwargs):
+    """A dataclass named `name` whose fields are `func`'s arguments that have defaults, plus `kwargs`.
+
+    `kwargs` add fields or override defaults. Deprecated torchaudio arguments are left out.
+
+    Example:
+        >>> import torchaudio.transforms as T
+        >>> Cfg = config_from_func(T.Spectrogram, "Cfg", mel=False, n_fft=512)
+        >>> cfg = Cfg(hop_length=128)
+        >>> cfg.n_fft, cfg.hop_length, cfg.mel
+        (512, 128, False)
+    """
     params = [
         p
-        for p in inspect.signature(transform).parameters.values()
+        for p in inspect.signature(func).parameters.values()
         if p.default is not inspect.Parameter.empty and p.name not in _SKIPPED
     ]
-    defaults = {p.name: p.default for p in params} | extra
+    defaults = {p.name: p.default for p in params} | kwargs
     cls = make_dataclass(name, [(k, Any, field(default=v)) for k, v in defaults.items()])
-    cls.__doc__ = f"Settings for `{transform.__name__}` (torchaudio defaults) plus {sorted(extra)}."
+    cls.__doc__ = f"Settings for `{getattr(func, '__name__', func)}` (its defaults) plus {sorted(kwargs)}."
     return cls
+
+
+def _config_from(name, transform, **extra):
+    return config_from_func(transform, name, **extra)
 
 
 class AudioConfig:

@@ -1,4 +1,5 @@
-"""Getting audio into fastai: `AudioBlock`, `audio_item_tfms`, `CrossValidationSplitter`, `get_dls`.
+"""Getting audio into fastai: `AudioBlock`, `audio_item_tfms`, `CrossValidationSplitter`, `get_dls`, and
+fastaudio's file helpers (`AudioGetter`, `OpenAudio`; `get_audio_files` is in audio.py).
 
 `get_dls` builds the DataLoaders of the reference ESC-50 workflow (a metadata CSV with a file name,
 a label and a cross-validation fold per clip) from any DataFrame of that shape.
@@ -9,31 +10,96 @@ from pathlib import Path
 
 import soundfile as sf
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
-from fastai.data.transforms import ColReader
+from fastai.data.external import URLs
+from fastai.data.transforms import ColReader, DisplayedTransform
 
-from .audio import AudioTensor
-from .cache import AudioCache
+from .audio import AudioTensor, get_audio_files
+from .cache import AudioCache, preprocess_audio_folder
 from .signal import audio_item_tfms
 from .spectrogram import AudioToSpec
 
-__all__ = ["AudioBlock", "CrossValidationSplitter", "get_dls"]
+__all__ = [
+    "AudioBlock",
+    "AudioGetter",
+    "CrossValidationSplitter",
+    "OpenAudio",
+    "get_dls",
+]
+
+# fastaudio's dataset addresses, added to fastai's `URLs` where fastai lacks them (nothing is downloaded).
+_DATASETS = {
+    "ESC50": "https://github.com/karoldvl/ESC-50/archive/master.zip",
+    "SPEAKERS10": "http://www.openslr.org/resources/45/ST-AEDS-20180100_1-OS.tgz",
+    "SAMPLE_SPEAKERS10": "https://github.com/fastaudio/10_Speakers_Sample/archive/10_speakers_sample.zip",
+}
+for _name, _url in _DATASETS.items():
+    if not hasattr(URLs, _name):
+        setattr(URLs, _name, _url)
 
 
-def AudioBlock(sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None):
+def AudioGetter(suf="", recurse=True, folders=None):
+    "A `get_items` function for `DataBlock`: the audio files under `path/suf` (see `get_audio_files`)."
+
+    def _get(path, recurse=recurse, folders=folders):
+        return get_audio_files(Path(path) / suf, recurse, folders)
+
+    return _get
+
+
+class OpenAudio(DisplayedTransform):
+    """Read item `i` of the list of files `items` as an `AudioTensor`; decodes back to the file name.
+
+    Example:
+        >>> OpenAudio(['a.wav', 'b.wav'])(1)   # doctest: +SKIP
+        AudioTensor([[...]])
+    """
+
+    def __init__(self, items):
+        super().__init__()
+        self.items = items
+
+    def encodes(self, i):  # untyped: numpy and torch integers index too
+        return AudioTensor.create(self.items[i])
+
+    def decodes(self, i):
+        return self.items[i]
+
+
+class AudioBlock(TransformBlock):
     """A `TransformBlock` that reads audio files as `AudioTensor` and applies `audio_item_tfms`.
 
     With `cache_folder`, files are read through an `AudioCache`: decoded, downmixed and resampled
-    once, then read back as ready float32 arrays in later epochs and runs.
+    once, then read back as ready float32 arrays in later epochs and runs. A class (as in fastaudio):
+    `DataBlock(blocks=(AudioBlock, CategoryBlock))` builds one with the defaults, and it can be
+    subclassed and checked with `isinstance`.
 
     Example:
         >>> block = AudioBlock(sample_rate=16000, crop_signal_to=5000)
         >>> [type(t).__name__ for t in block.item_tfms[1:]]   # after fastai's ToTensor
         ['Resample', 'DownmixMono', 'ResizeSignal']
     """
-    # The bound method, not the cache object: fastai reads its annotation (str | os.PathLike) as the input
-    # types, so `dls.test_dl` and `learn.predict` take `Path`s as well as the strings the DataFrame gives.
-    read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono).read
-    return TransformBlock(type_tfms=read, item_tfms=audio_item_tfms(sample_rate, force_mono, crop_signal_to))
+
+    def __init__(self, sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None):
+        # The bound method, not the cache object: fastai reads its annotation (str | os.PathLike) as the input
+        # types, so `dls.test_dl` and `learn.predict` take `Path`s as well as the strings the DataFrame gives.
+        read = AudioTensor.create if cache_folder is None else AudioCache(cache_folder, sample_rate, force_mono).read
+        super().__init__(type_tfms=read, item_tfms=audio_item_tfms(sample_rate, force_mono, crop_signal_to))
+        self.sample_rate, self.force_mono, self.crop_signal_to = sample_rate, force_mono, crop_signal_to
+        self.cache_folder = cache_folder
+
+    @classmethod
+    def from_folder(cls, path, sample_rate=16000, force_mono=True, crop_signal_to=None, cache_folder=None, **kwargs):
+        """Decode every audio file under `path` into the cache now (in parallel), and read through it.
+
+        The cache goes to `cache_folder`, by default `<path>_cached` beside `path` (fastaudio's place);
+        `kwargs` go to `preprocess_audio_folder` (`n_workers`, `progress`).
+        """
+        path = Path(path)
+        cache_folder = path.parent / f"{path.name}_cached" if cache_folder is None else cache_folder
+        preprocess_audio_folder(
+            get_audio_files(path), cache_folder, sample_rate=sample_rate, force_mono=force_mono, **kwargs
+        )
+        return cls(sample_rate, force_mono, crop_signal_to, cache_folder)
 
 
 def _require_columns(df, *cols):

@@ -5,7 +5,9 @@ item `[C, T]` or, as fastai batch transforms, on a batch `[B, C, T]` on whatever
 computing spectrograms on GPU batches instead of precomputing images is the point (fastaudio's design).
 """
 
-from dataclasses import fields
+import inspect
+import warnings
+from dataclasses import fields, is_dataclass
 
 import torch
 import torch.nn as nn
@@ -14,7 +16,26 @@ from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
 
-__all__ = ["AudioToMFCC", "AudioToSpec"]
+__all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "get_usable_kwargs"]
+
+
+def get_usable_kwargs(func, kwargs, exclude=None):
+    """`func`'s parameters with their defaults, updated with the entries of `kwargs` that `func` takes.
+
+    Parameters in `exclude` are left out; a parameter without a default maps to `inspect.Parameter.empty`.
+
+    Example:
+        >>> def f(a=1, b=2): ...
+        >>> get_usable_kwargs(f, {'b': 5, 'z': 0})
+        {'a': 1, 'b': 5}
+    """
+    exclude = set(exclude or ())
+    params = {k: p.default for k, p in inspect.signature(func).parameters.items() if k not in exclude}
+    return params | {k: v for k, v in kwargs.items() if k in params}
+
+
+# Arguments of the dB conversion; fastaudio's AudioToSpec routed them to `AmplitudeToDB`.
+_DB_ARGS = {"stype", "top_db"}
 
 
 def _stft_meta(stft):
@@ -46,13 +67,27 @@ class AudioToSpec(DisplayedTransform):
 
     def __init__(self, mel=False, to_db=True, top_db=None, **settings):
         super().__init__()
+        # fastaudio's configs carry every argument of every transform of its pipeline (and it passed
+        # `sample_rate`, `n_mels`... to a linear spectrogram): keep those the torchaudio transform takes,
+        # warn about the others instead of failing.
+        accepted = get_usable_kwargs(T.MelSpectrogram if mel else T.Spectrogram, {}).keys()
+        unused = sorted(k for k in settings if k not in accepted and k not in _DB_ARGS)
+        if unused:
+            warnings.warn(
+                f"{type(self).__name__}: {', '.join(unused)} not used by this spectrogram; ignored", stacklevel=2
+            )
+        top_db = settings.pop("top_db", top_db)
+        settings.pop("stype", None)  # follows the spectrogram's power (2: power, 1: magnitude)
+        settings = {k: v for k, v in settings.items() if k in accepted}
         self.mel, self.to_db, self.top_db, self.settings = mel, to_db, top_db, settings
         self._pipes = {}  # one torchaudio pipeline per device, built on first use there
 
     @classmethod
     def from_cfg(cls, cfg):
-        "Build from an `AudioConfig` dataclass."
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
+        "Build from an `AudioConfig` dataclass, or from a dict of the same fields (`mel`, `to_db`, `n_fft`...)."
+        if is_dataclass(cfg):
+            cfg = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+        return cls(**dict(cfg))
 
     def _build(self):
         spec = (T.MelSpectrogram if self.mel else T.Spectrogram)(**self.settings)
@@ -92,6 +127,30 @@ class AudioToSpec(DisplayedTransform):
         return {k: v for k, v in self.__dict__.items() if k != "_pipes"} | {"_pipes": {}}
 
 
+def SpectrogramTransformer(mel=True, to_db=True):
+    """A factory of `AudioToSpec` transforms of one kind, with fastaudio's frame defaults.
+
+    The returned function takes the torchaudio arguments (`n_fft`, `hop_length`, `n_mels`, `f_max`...)
+    and fills the ones left out as fastaudio did: `n_fft=1024`, `win_length=n_fft`,
+    `hop_length=win_length // 2` (torchaudio's own defaults are 400 and 200).
+
+    Example:
+        >>> import torch
+        >>> DBMelSpec = SpectrogramTransformer(mel=True, to_db=True)
+        >>> sg = DBMelSpec(n_mels=64)(AudioTensor(torch.randn(1, 16000), sr=16000))
+        >>> sg.shape, sg.n_fft, sg.hop_length
+        (torch.Size([1, 64, 32]), 1024, 512)
+    """
+
+    def make(n_fft=1024, win_length=None, hop_length=None, **kwargs):
+        win_length = n_fft if win_length is None else win_length
+        hop_length = win_length // 2 if hop_length is None else hop_length
+        return AudioToSpec(mel=mel, to_db=to_db, n_fft=n_fft, win_length=win_length, hop_length=hop_length, **kwargs)
+
+    make.__name__ = f"{'DB' if to_db else ''}{'Mel' if mel else ''}Spec"
+    return make
+
+
 class AudioToMFCC(AudioToSpec):
     """Mel-frequency cepstral coefficients, as an `AudioSpectrogram` whose rows are coefficients.
 
@@ -108,7 +167,8 @@ class AudioToMFCC(AudioToSpec):
     """
 
     def __init__(self, **settings):
-        super().__init__(mel=True, to_db=False, **settings)
+        DisplayedTransform.__init__(self)
+        self.mel, self.to_db, self.top_db, self.settings, self._pipes = True, False, None, settings, {}
 
     def _build(self):
         mfcc = T.MFCC(**self.settings)

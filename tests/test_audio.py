@@ -104,3 +104,77 @@ def test_standardized_spectrograms_are_not_labelled_db():
     norm = SpecNormalize(-50.0, 10.0)
     assert norm(spec)[0].show().figure.axes[-1].get_ylabel() == "standardized"
     assert norm.decode(norm(spec))[0].show().figure.axes[-1].get_ylabel() == "dB"
+
+
+def _tensors():
+    audio = AudioTensor(torch.randn(2, 300), sr=22050)
+    spec = AudioSpectrogram(
+        torch.randn(1, 20, 30),
+        sr=16000,
+        n_fft=400,
+        hop_length=200,
+        mel=True,
+        n_mels=20,
+        f_min=0.0,
+        f_max=None,
+        to_db=True,
+    )
+    return audio, spec
+
+
+def _same_meta(a, b):
+    assert type(a) is type(b) and a.__dict__ == b.__dict__ and torch.equal(a.cpu(), b.cpu())
+
+
+def test_metadata_survives_clone_to_pickle_and_torch_load(tmp_path):
+    import pickle
+
+    for x in _tensors():
+        _same_meta(x.clone(), x)
+        _same_meta(x.to(torch.float64).float(), x)
+        _same_meta(pickle.loads(pickle.dumps(x)), x)
+        torch.save(x, tmp_path / "x.pt")
+        _same_meta(torch.load(tmp_path / "x.pt"), x)  # torch's default weights_only=True
+        clone = x.clone()
+        clone.sr = 1  # a copy of the metadata, not a shared dict
+        assert x.sr != 1
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return AudioTensor(torch.full((1, 100), float(i)), sr=8000 + i)
+
+
+def test_metadata_survives_a_dataloader_with_workers():
+    from fastai.data.load import DataLoader
+
+    items = list(DataLoader(_Clips(), bs=1, num_workers=2))
+    assert sorted(int(b.sr) for (b,) in items) == [8000, 8001, 8002, 8003]
+    assert all(isinstance(b, AudioTensor) for (b,) in items)
+
+
+def test_spectrogram_settings_and_fastaudio_create():
+    _, spec = _tensors()
+    assert spec.settings == dict(
+        sr=16000, n_fft=400, hop_length=200, mel=True, n_mels=20, f_min=0.0, f_max=None, to_db=True
+    )
+    made = AudioSpectrogram.create(torch.zeros(1, 4, 5), settings={"sr": 8000, "hop_length": 80})
+    assert made.sr == 8000 and made.hop_length == 80 and made.settings == {"sr": 8000, "hop_length": 80}
+
+
+def test_show_can_play_and_functions_draw(monkeypatch):
+    from specnorm.audio import show_audio_signal, show_spectrogram
+
+    audio, spec = _tensors()
+    heard = []
+    monkeypatch.setattr(AudioTensor, "hear", lambda self: heard.append(self.sr))
+    audio.show(hear=True)
+    audio.show()
+    assert heard == [22050]
+    ax = show_audio_signal(audio, title="clip")
+    assert ax.get_title() == "clip" and len(ax.lines) == 2
+    ax = show_spectrogram(spec, title="spec")
+    assert ax.get_title() == "spec" and ax.get_ylabel().startswith("mel")
