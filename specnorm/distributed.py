@@ -38,6 +38,7 @@ __all__ = [
     "ddp_callbacks",
     "is_distributed",
     "launched",
+    "on_rank_zero_output",
     "rank",
     "rank_loader",
     "rank_zero_output",
