@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from fastai.callback.core import Callback
-from fastai.learner import AvgMetric
+from fastai.learner import AvgMetric, Metric
 from fastai.torch_core import to_detach
 from fastcore.basics import noop
 
@@ -199,14 +199,15 @@ def rank_loader(dl, split_batch=True):
     return sub
 
 
-class _AllReduced:
+class _AllReduced(Metric):
     "A fastai `AvgMetric`/`AvgLoss` whose `value` sums its total and count over every rank: exact over all data."
 
     def __init__(self, metric):
         self.metric = metric
 
-    def __getattr__(self, k):
-        return getattr(self.metric, k)
+    @property
+    def name(self):
+        return self.metric.name
 
     def reset(self):
         self.metric.reset()
@@ -265,7 +266,8 @@ class DDPTrainer(Callback):
         self.learn.metrics = [_AllReduced(m) if isinstance(m, AvgMetric) else m for m in self.learn.metrics]
         recorder = getattr(self.learn, "recorder", None)
         if recorder is not None:
-            self.old_loss, recorder.loss = recorder.loss, _AllReduced(recorder.loss)
+            # through vars(): a callback's setattr warns about shadowing the learner's `loss`
+            self.old_loss, vars(recorder)["loss"] = recorder.loss, _AllReduced(recorder.loss)
         if rank():
             self.learn.logger = noop
 
@@ -273,7 +275,7 @@ class DDPTrainer(Callback):
         self.learn.model, self.learn.dls.loaders = self.learn.model.module, self.old_loaders
         self.learn.metrics = self.old_metrics
         if self.old_loss is not None:
-            self.learn.recorder.loss = self.old_loss
+            vars(self.learn.recorder)["loss"] = self.old_loss
 
 
 def ddp_callbacks(**kwargs):
