@@ -25,6 +25,7 @@ from fastai.data.transforms import ColReader
 from specnorm.config import AudioConfig
 from specnorm.data import AudioBlock, CrossValidationSplitter, get_dls
 from specnorm.distributed import agree, is_distributed, rank, shard, world_size
+from specnorm.drift import NormDriftMonitor
 from specnorm.normalize import SpecNormalize
 from specnorm.spectrogram import AudioToSpec
 from specnorm.stats import StatsRecorder, compute_stats
@@ -92,6 +93,9 @@ def _worker(rank_, world, port, root, out):
         norm = get_dls(df, audio, bs=4, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec(), SpecNormalize()])
         norm = next(t for t in norm.train.after_batch.fs if isinstance(t, SpecNormalize))
         result["norm"] = [norm.mean.flatten().tolist(), norm.std.flatten().tolist()]
+        # the drift monitor reports on every rank's batches
+        monitor = NormDriftMonitor(reference=StatsRecorder(CHANNEL).update(_drift_batches()[0]), warn=False)
+        result["drift"] = monitor.scan(shard(_drift_batches()[1:])).kl.tolist()
         # a bad file that only rank 1 reads: every rank raises, promptly
         bad = df.copy()
         bad.loc[bad.filename == _bad_file(df), "filename"] = "broken.wav"  # written by `two_ranks`
@@ -107,6 +111,11 @@ def _worker(rank_, world, port, root, out):
     finally:
         (out / f"result{rank_}.json").write_text(json.dumps(result))
         dist.destroy_process_group()
+
+
+def _drift_batches():
+    gen = torch.Generator().manual_seed(4)
+    return [torch.randn(n, 1, 5, 9, generator=gen) * (1 + i) + i for i, n in enumerate((8, 3, 4, 2, 5, 1))]
 
 
 def _bad_file(df):
@@ -160,7 +169,7 @@ def test_compute_stats_on_two_ranks_equals_one_process(two_ranks):
         for r in (0, 1):
             rec = StatsRecorder.load(out / f"{name}{r}.safetensors")
             assert rec.nobservations == 19
-            np.testing.assert_allclose(rec.mean, single.mean, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(rec.mean, single.mean, rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(rec.std, single.std, rtol=1e-6)
             np.testing.assert_allclose(rec.state_dict()["m2"], single.state_dict()["m2"], rtol=1e-7)
     # against float64 numpy over the clips' first CROP_MS (the validation-style crop)
@@ -173,7 +182,7 @@ def test_compute_stats_on_two_ranks_equals_one_process(two_ranks):
     halves = [StatsRecorder.load(out / f"half{r}.safetensors") for r in (0, 1)]
     assert halves[0].nobservations == halves[1].nobservations == half1.nobservations == 10
     for h in halves:
-        np.testing.assert_allclose(h.mean, half1.mean, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(h.mean, half1.mean, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(h.std, half1.std, rtol=1e-6)
 
 
@@ -205,6 +214,18 @@ def test_a_rank_that_fails_makes_every_rank_raise_promptly(two_ranks):
     assert kind0 == "RankError" and "rank 1 of 2" in message0 and "broken.wav" in message0
     assert max(seconds0, seconds1) < TIMEOUT / 2  # promptly: long before the process-group timeout
     assert ranks[0]["after"] == ranks[1]["after"] == [7, 7]  # and the group is still usable
+
+
+@pytest.mark.slow
+def test_drift_monitor_reports_on_every_rank(two_ranks):
+    _, out = two_ranks
+    kl0, kl1 = (json.loads((out / f"result{r}.json").read_text())["drift"] for r in (0, 1))
+    monitor = NormDriftMonitor(reference=StatsRecorder(CHANNEL).update(_drift_batches()[0]), warn=False)
+    single = monitor.scan(_drift_batches()[1:]).kl  # one process over all the batches
+    np.testing.assert_allclose(kl0, single, rtol=1e-6)
+    np.testing.assert_allclose(kl1, single, rtol=1e-6)
+    half = monitor.scan(_drift_batches()[1::2]).kl  # what rank 0 alone saw: clearly different
+    assert np.abs(half - single).max() > 1e-2
 
 
 def test_statistics_of_setups_are_the_same_from_one_call_to_the_next(tmp_path):
@@ -258,17 +279,43 @@ def test_torch_loader_fraction_reads_only_chosen_items():
     np.testing.assert_allclose(rec.mean.item(), data[sorted(seen)].double().mean().item(), rtol=1e-6)
 
 
+def _torchrun(*args):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    proc = subprocess.run(
+        [*cmd, "-m", "specnorm", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_torchrun_stats_equals_one_process(tmp_path):
+    df, audio = _dataset(tmp_path / "data")
+    out = tmp_path / "stats" / "channel.safetensors"
+    proc = _torchrun(
+        "stats", "--data", tmp_path / "data", "--axes", "channel", "--mel", "--crop-ms", CROP_MS, "--out", out
+    )
+    assert proc.stdout.count("channel statistics of 19 training clips") == 1  # printed by rank 0 only
+    assert [p.name for p in out.parent.iterdir()] == ["channel.safetensors"]
+    cfg = AudioConfig.BasicMelSpectrogram(sample_rate=16000)
+    dls = get_dls(df, audio, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[AudioToSpec.from_cfg(cfg)])
+    (single,) = compute_stats(dls.train, red_dims=[CHANNEL], progress=False)
+    rec = StatsRecorder.load(out)
+    assert rec.nobservations == single.nobservations == 19
+    np.testing.assert_allclose(rec.mean, single.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rec.std, single.std, rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_torchrun_compare_writes_one_results_file(tmp_path):
     df = make_esc50_like(tmp_path / "data", n_per_class=4, n_classes=2, sr=16000, seconds=0.5)
     assert len(df) == 8
     out = tmp_path / "results"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
-    cmd += ["-m", "specnorm", "compare", "--data", str(tmp_path / "data"), "--runs", "1", "--epochs", "1"]
-    cmd += ["--bs", "2", "--crop-ms", "500", "--mel", "--methods", "none", "global", "--seed", "0", "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(
+        "compare", "--data", tmp_path / "data", "--runs", 1, "--epochs", 1, "--bs", 2, "--crop-ms", 500, "--mel",
+        "--methods", "none", "global", "--seed", 0, "--out", out,
+    )  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.png"]
     results = pd.read_csv(out / "results.csv", index_col="method")
     assert list(results.index) == ["none", "global"]
