@@ -78,6 +78,7 @@ def shard(items, group=None):
     Shares differ in size by at most one item; together they hold every item once.
 
     Example:
+        >>> from specnorm.distributed import shard
         >>> shard(list(range(5)))   # one process: everything
         [0, 1, 2, 3, 4]
     """
