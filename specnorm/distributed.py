@@ -17,7 +17,6 @@ On CPU the backend is gloo, on GPUs NCCL (`launched`).
 
 import contextlib
 import functools
-import io
 import os
 import sys
 from datetime import timedelta
@@ -131,7 +130,7 @@ def rank_zero_output(group=None):
     if rank(group) == 0:
         yield
         return
-    with contextlib.redirect_stdout(io.StringIO()):
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         yield
 
 
