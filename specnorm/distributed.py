@@ -183,14 +183,18 @@ def rank_loader(dl, split_batch=True):
 
     With `dl.drop_last` (training) every rank gets `n // world` items, so every rank takes the same
     number of steps; otherwise (validation) shares differ by at most one and every item is read once.
-    With `split_batch` each rank's batch holds `bs // world` items (one step sees `bs` items in all).
+    With `split_batch` each rank's batch holds `bs // world` items, and with `drop_last` the ranks'
+    batches of step `k` together are one process's batch `k` (`idxs[k*bs:(k+1)*bs]`, strided over the
+    ranks), for as many steps: the same batches as one process with the same seed.
     """
     world, r = world_size(), rank()
     n = dl.n // world if dl.drop_last else len(range(r, dl.n, world))
-    order = dl.get_idxs  # the original loader's order: shuffled with its own generator
 
     def get_idxs():
-        return _broadcast_list(list(order()))[r::world][:n]
+        # The original loader's order, drawn as its own iteration would draw it (so one process with
+        # the same seed shuffles the same way): step k's `bs` items, over all ranks, are its batch k.
+        dl.randomize()
+        return _broadcast_list(list(dl.get_idxs()))[r::world][:n]
 
     sub = dl.new(get_idxs=get_idxs, n=n, bs=dl.bs // world if split_batch else dl.bs)
     # fastai gathers every detached tensor across ranks when WORLD_SIZE is set (one collective per batch,

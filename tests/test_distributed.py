@@ -8,6 +8,7 @@ one process's results and with a float64 reference.
 import datetime
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def _worker(rank_, world, port, root, out):
         norm = get_dls(df, audio, bs=4, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec(), SpecNormalize()])
         norm = next(t for t in norm.train.after_batch.fs if isinstance(t, SpecNormalize))
         result["norm"] = [norm.mean.flatten().tolist(), norm.std.flatten().tolist()]
+        # data-parallel training takes the same steps as one process
+        result["train"] = _train_tiny(df, audio)
         # the drift monitor reports on every rank's batches
         monitor = NormDriftMonitor(reference=StatsRecorder(CHANNEL).update(_drift_batches()[0]), warn=False)
         result["drift"] = monitor.scan(shard(_drift_batches()[1:])).kl.tolist()
@@ -111,6 +114,34 @@ def _worker(rank_, world, port, root, out):
     finally:
         (out / f"result{rank_}.json").write_text(json.dumps(result))
         dist.destroy_process_group()
+
+
+def _train_tiny(df, audio):
+    "Weights and last-epoch (valid_loss, accuracy) of a BatchNorm-free model trained 2 epochs (DDP under a group)."
+    import fastai.callback.progress
+    import fastai.callback.schedule  # noqa: F401 (Learner.fit_one_cycle)
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
+
+    from specnorm.distributed import ddp_callbacks
+
+    # 1 s clips, no crop: every item is the same on every rank, as in one process
+    dls = get_dls(df, audio, bs=4, crop_signal_to=1000, num_workers=0, batch_tfms=[_spec(), SpecNormalize()])
+    set_seed(0, reproducible=True)
+    dls.train.rng = random.Random(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 4),
+    )
+    learn = Learner(dls, model, metrics=accuracy, cbs=ddp_callbacks())
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(2, 1e-2)
+    weights = torch.cat([p.detach().flatten() for p in learn.model.parameters()])
+    return dict(weights=weights.tolist(), values=[float(v) for v in learn.recorder.values[-1]], steps=learn.train_iter)
 
 
 def _drift_batches():
@@ -214,6 +245,21 @@ def test_a_rank_that_fails_makes_every_rank_raise_promptly(two_ranks):
     assert kind0 == "RankError" and "rank 1 of 2" in message0 and "broken.wav" in message0
     assert max(seconds0, seconds1) < TIMEOUT / 2  # promptly: long before the process-group timeout
     assert ranks[0]["after"] == ranks[1]["after"] == [7, 7]  # and the group is still usable
+
+
+@pytest.mark.slow
+def test_data_parallel_training_takes_the_steps_of_one_process(two_ranks):
+    root, out = two_ranks
+    ranks = [json.loads((out / f"result{r}.json").read_text())["train"] for r in (0, 1)]
+    single = _train_tiny(*_dataset(root))
+    assert ranks[0]["steps"] == ranks[1]["steps"] == single["steps"] == 2 * (19 // 4)  # same schedule
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP keeps the replicas identical
+    # the same batches and the same averaged gradients: the same model, up to float32 rounding
+    np.testing.assert_allclose(ranks[0]["weights"], single["weights"], rtol=1e-4, atol=1e-5)
+    # valid_loss and accuracy summed over both ranks' halves of the validation fold: one process's values
+    # (the smoothed training loss, values[0], is each rank's own)
+    np.testing.assert_allclose(ranks[0]["values"][1:], single["values"][1:], rtol=1e-4)
+    assert ranks[0]["values"][1:] == ranks[1]["values"][1:]
 
 
 @pytest.mark.slow
