@@ -86,7 +86,7 @@ def shard(items, group=None):
 
 def _device(group=None):
     "Where the tensors of `group`'s collectives live: the current GPU for NCCL, else the CPU."
-    if dist.get_backend(group) == "nccl":
+    if "nccl" in str(dist.get_backend(group)):  # "nccl", or e.g. "cpu:gloo,cuda:nccl" (both)
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -531,7 +531,7 @@ def _subset(dl, fraction, seed, max_batches, group=None):
     if isinstance(dl, FastaiDataLoader) and dl.indexed and dl.n:
         # A loader over the chosen items only, in order: the others are never loaded or transformed,
         # and none is dropped (a training loader would shuffle and drop its last partial batch).
-        idxs = shard(_chosen(dl.n, fraction, seed, max_batches and max_batches * dl.bs), group)
+        idxs = shard(_chosen(dl.n, fraction, seed, max_batches and max_batches * (dl.bs or 1)), group)
         if not idxs:
             return [], 0, dl.n
         sub = FastaiDataLoader.new(
