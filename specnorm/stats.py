@@ -571,11 +571,21 @@ def _subset(dl, fraction, seed, max_batches, group=None):
 
 
 def _fold(batches, recorders, items, group):
-    """Fold every batch into every recorder; under a process group, ranks `agree` every `STATUS_EVERY`
-    batches and at the end, so an error on one rank (a bad file) is raised on every rank."""
+    """Fold every batch into every recorder. Under a process group the ranks `agree` before the first
+    batch (their loaders must hold as many `items`) and every `STATUS_EVERY` batches until all are done,
+    so an error on one rank (a bad file) is raised on every rank."""
     distributed, it = is_distributed(group), iter(batches)
     error, done, step = None, False, 0
     while True:
+        if distributed and step % STATUS_EVERY == 0:
+            all_done, values = agree(error, done, -1 if items is None else items, group)
+            if len(set(values)) > 1:
+                raise ValueError(
+                    f"the ranks' loaders differ: they hold {values} items (rank 0 to {len(values) - 1}); every "
+                    "rank must build the same dataset, in the same order, for the statistics to be sharded"
+                )
+            if all_done:
+                return
         if not done and error is None:
             try:
                 b = next(it)
@@ -584,22 +594,13 @@ def _fold(batches, recorders, items, group):
                     rec.update(x)
             except StopIteration:
                 done = True
-            except Exception as e:  # raised on every rank below, by `agree`
+            except Exception as e:  # raised on every rank by the next `agree`
                 error = e
         step += 1
         if not distributed:
             if error is not None:
                 raise error
             if done:
-                return
-        elif step % STATUS_EVERY == 0:
-            all_done, values = agree(error, done, -1 if items is None else items, group)
-            if len(set(values)) > 1:
-                raise ValueError(
-                    f"the ranks' loaders differ: they hold {values} items (rank 0 to {len(values) - 1}); every "
-                    "rank must build the same dataset, in the same order, for the statistics to be sharded"
-                )
-            if all_done:
                 return
 
 

@@ -109,7 +109,19 @@ def _worker(rank_, world, port, root, out):
             result["bad"] = None
         except Exception as e:
             result["bad"] = [type(e).__name__, str(e), time.time() - start]
-        # the process group still works after the failure: the ranks agree
+        # ranks whose datasets differ (one clip fewer on rank 1): every rank raises, naming the counts
+        short = get_dls(
+            df.iloc[: len(df) - (rank_ == 1)], audio, bs=2, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec()]
+        )
+        try:
+            compute_stats(short.train, progress=False)
+            result["differ"] = None
+        except ValueError as e:
+            result["differ"] = str(e)
+        # plain iterables: every rank iterates the batches and folds in every other one
+        plain = compute_stats([(x, None) for x in _drift_batches()], red_dims=[CHANNEL], progress=False)[0]
+        result["plain"] = [plain.nbatches, plain.mean.flatten().tolist(), plain.std.flatten().tolist()]
+        # the process group still works after the failures: the ranks agree
         result["after"] = agree(None, True, 7)[1]
     finally:
         (out / f"result{rank_}.json").write_text(json.dumps(result))
@@ -260,6 +272,20 @@ def test_data_parallel_training_takes_the_steps_of_one_process(two_ranks):
     # (the smoothed training loss, values[0], is each rank's own)
     np.testing.assert_allclose(ranks[0]["values"][1:], single["values"][1:], rtol=1e-4)
     assert ranks[0]["values"][1:] == ranks[1]["values"][1:]
+
+
+@pytest.mark.slow
+def test_ranks_with_different_loaders_or_plain_batches(two_ranks):
+    _, out = two_ranks
+    ranks = [json.loads((out / f"result{r}.json").read_text()) for r in (0, 1)]
+    for res in ranks:
+        assert "the ranks' loaders differ: they hold [19, 18] items" in res["differ"]
+    (single,) = compute_stats(_drift_batches(), red_dims=[CHANNEL], progress=False)
+    for res in ranks:
+        nbatches, mean, std = res["plain"]
+        assert nbatches == single.nbatches == 6
+        np.testing.assert_allclose(mean, single.mean.flatten(), rtol=1e-6)
+        np.testing.assert_allclose(std, single.std.flatten(), rtol=1e-6)
 
 
 @pytest.mark.slow
