@@ -91,6 +91,12 @@ def _device(group=None):
     return torch.device("cpu")
 
 
+def _summary(error):
+    "One line for `error`: a DataLoader worker's error carries its traceback, whose last line says what failed."
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [""]
+    return f"{type(error).__name__}: {lines[0]}" + (f" ({lines[-1]})" if len(lines) > 1 else "")
+
+
 def agree(error=None, done=True, value=0, group=None):
     """Exchange a status with every rank, before any collective that a failed rank would never join.
 
@@ -111,7 +117,7 @@ def agree(error=None, done=True, value=0, group=None):
     headers = torch.stack(headers).tolist()
     failed = [r for r, h in enumerate(headers) if h[0]]
     if failed:
-        text = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:_MESSAGE_BYTES]
+        text = b"" if error is None else _summary(error).encode()[:_MESSAGE_BYTES]
         message = torch.tensor(list(text.ljust(_MESSAGE_BYTES, b"\0")), dtype=torch.uint8, device=device)
         messages = [torch.empty_like(message) for _ in range(world)]
         dist.all_gather(messages, message, group=group)

@@ -351,14 +351,30 @@ def test_torch_loader_fraction_reads_only_chosen_items():
     np.testing.assert_allclose(rec.mean.item(), data[sorted(seen)].double().mean().item(), rtol=1e-6)
 
 
-def _torchrun(*args):
+def _torchrun(*args, ok=True):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     proc = subprocess.run(
         [*cmd, "-m", "specnorm", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+@pytest.mark.slow
+def test_torchrun_stats_with_a_bad_file_gives_one_line_per_rank(tmp_path):
+    df, audio = _dataset(tmp_path / "data")
+    (audio / _bad_file(df)).write_bytes(b"not audio")  # in rank 1's share
+    proc = _torchrun(
+        "stats", "--data", tmp_path / "data", "--workers", 0, "--out", tmp_path / "s.safetensors", ok=False
+    )
+    assert proc.returncode != 0 and not (tmp_path / "s.safetensors").exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("specnorm stats: error:")]
+    assert len(errors) == 2 and all(_bad_file(df) in line for line in errors), proc.stderr[-3000:]
+    assert any("rank 1 of 2 failed" in line for line in errors)
+    # no traceback through specnorm (torchrun itself prints one when a rank exits with an error)
+    assert "specnorm/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
 
 
 @pytest.mark.slow
