@@ -133,6 +133,7 @@ def compare_cmd(args):
 
 def stats_cmd(args):
     from .data import get_dls
+    from .distributed import rank
     from .experiment import STATS_AXES
     from .spectrogram import AudioToSpec
     from .stats import compute_stats
@@ -151,8 +152,9 @@ def stats_cmd(args):
         batch_tfms=[AudioToSpec.from_cfg(_audio_cfg(args.mel, args.sample_rate))],
     )
     (recorder,) = compute_stats(dls.train, red_dims=[axes], fraction=args.fraction)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    recorder.save(args.out)
+    if rank() == 0:  # every rank holds the statistics of all the items: one writes them
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        recorder.save(args.out)
     mean, std = recorder.mean.flatten(), recorder.std.flatten()
     print(
         f"{args.axes} statistics of {recorder.nobservations} training clips: mean {mean.mean():.3f} dB, "
@@ -382,9 +384,12 @@ def main(argv=None):
     debug = debug or args.debug
     # torchaudio's own import-time deprecation notice is noise to a command-line user.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    from .distributed import RankError, launched
+
     try:
-        args.run(args)
-    except _UsageError as e:
+        with launched():  # under torchrun: join the process group; only rank 0 prints
+            args.run(args)
+    except (_UsageError, RankError) as e:
         print(f"specnorm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

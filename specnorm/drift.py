@@ -12,6 +12,7 @@ KL over channels; `threshold` (0.1 by default: a shift of 0.45 std, or a varianc
 in every channel) decides what is flagged.
 """
 
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import TensorImageBase
 
+from .distributed import is_distributed, rank
 from .normalize import SpecNormalize
 from .progress import progress_bar
 from .stats import StatsRecorder
@@ -168,16 +170,19 @@ class NormDriftMonitor(Callback):
         return norm.mean, norm.std.square()
 
     def compare(self):
-        "The `DriftReport` of the data recorded so far (also kept as `.report`)."
+        """The `DriftReport` of the data recorded so far (also kept as `.report`). Under torch.distributed
+        it covers every rank's data (every rank must call it: it all-reduces), and only rank 0 warns."""
         ref_mean, ref_var = (t.double() for t in self._reference_stats())
-        new_mean, new_var = self.new_stats.mean.double().cpu(), self.new_stats.var.double().cpu()
+        # Under torch.distributed each rank recorded its share: report on all of them (a collective).
+        new = copy.deepcopy(self.new_stats).all_reduce() if is_distributed() else self.new_stats
+        new_mean, new_var = new.mean.double().cpu(), new.var.double().cpu()
         tiny = torch.finfo(torch.float32).tiny
         shift = (new_mean - ref_mean) / ref_var.clamp(min=tiny).sqrt()
         ratio = new_var.clamp(min=tiny) / ref_var.clamp(min=tiny)
         kl = (ratio - 1 - ratio.log() + shift.square()) / 2
         shift, ratio, kl = (t.flatten().numpy() for t in torch.broadcast_tensors(shift, ratio, kl))
-        self.report = DriftReport(shift, ratio, kl, float(kl.mean()), self.threshold, self.new_stats.frequencies())
-        if self.warn and self.report.flagged:
+        self.report = DriftReport(shift, ratio, kl, float(kl.mean()), self.threshold, new.frequencies())
+        if self.warn and self.report.flagged and rank() == 0:
             warnings.warn(f"NormDriftMonitor: {self.report}", stacklevel=2)
         return self.report
 

@@ -42,6 +42,7 @@ from fastai.vision.models.xresnet import xresnet18
 
 from .config import AudioConfig
 from .data import get_dls
+from .distributed import ddp_callbacks, on_rank_zero_output, rank
 from .instance import InstanceSpecNorm
 from .normalize import AudioNormalize, SpecNormalize
 from .pcen import PCEN
@@ -159,6 +160,7 @@ def _accuracy_of_last_epoch(learn):
     return round(float(learn.recorder.values[-1][names.index("accuracy")]), 6)
 
 
+@on_rank_zero_output
 def train_loops(
     dls, name, num_runs=5, epochs=20, num_cls=None, arch=xresnet18, lr=None, n_in=1, seed=None, quiet=False
 ):
@@ -205,7 +207,7 @@ def train_loops(
                 dl.rng = random.Random(seed + run)
         start = time.perf_counter()
         model = make_xresnet_grayscale(arch(n_out=num_cls), n_in)
-        learn = Learner(dls, model, metrics=accuracy)
+        learn = Learner(dls, model, metrics=accuracy, cbs=ddp_callbacks())  # DDP under torch.distributed
         with ExitStack() as output:
             if quiet:
                 output.enter_context(learn.no_bar())
@@ -440,6 +442,7 @@ def _save(results, folder, title):
     fig.savefig(folder / "results.png", dpi=120)
 
 
+@on_rank_zero_output
 def compare(
     df,
     path,
@@ -484,6 +487,10 @@ def compare(
         save_to: a folder to write `results.csv` (`runs` as a JSON list) and `results.png` into.
         quiet (bool): print only the result lines: no plan, no progress, no epoch or run lines.
         **dls_kwargs: passed to `get_dls` (`device`, `num_workers`, `cache_folder`...).
+
+    Under torch.distributed (e.g. `torchrun --nproc_per_node N -m specnorm compare ...`), the statistics
+    pass is sharded over the ranks and training is data-parallel (`specnorm.distributed.DDPTrainer`:
+    each step still sees `bs` items, so `bs` must be a multiple of N); only rank 0 prints and saves.
 
     Returns:
         A DataFrame indexed by `method` (in the order given), with columns `mean`, `std` (sample std
@@ -546,6 +553,6 @@ def compare(
         accs[method] = train_loops(dls, method, num_runs=runs, epochs=epochs, arch=arch, lr=lr, seed=seed, quiet=quiet)
     results = _summary(accs)
     results.attrs["stats"] = stats.as_lists()
-    if save_to is not None:
+    if save_to is not None and rank() == 0:
         _save(results, save_to, title=f"fold {fold}: {runs} run{'s' * (runs > 1)} x {epochs} epoch{'s' * (epochs > 1)}")
     return results

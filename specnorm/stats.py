@@ -21,8 +21,10 @@ raised when statistics are next read (`mean`, `std`, `var`, `state_dict`, `save`
 `all_reduce`), not inside `update`. `nan_policy='omit'` leaves non-finite values out of every count.
 """
 
+import contextlib
 import copy
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -35,8 +37,11 @@ import torch.distributed as dist
 from fastai.data.load import DataLoader as FastaiDataLoader
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
+from torch.utils.data import DataLoader as TorchDataLoader
+from torch.utils.data import DistributedSampler
 
 from .audio import AudioSpectrogram
+from .distributed import STATUS_EVERY, agree, is_distributed, rank, shard, world_size
 from .progress import progress_bar
 
 __all__ = ["StatsRecorder", "compute_stats"]
@@ -632,38 +637,145 @@ class StatsRecorder:
         return ax
 
 
-def _subset(dl, fraction, seed):
-    "(batches, how many) of `dl`: a random `fraction` of a fastai loader's items, or of other loaders' batches."
-    n = len(dl) if hasattr(dl, "__len__") else None
-    rng = random.Random(seed)
+def _chosen(n, fraction, seed, limit):
+    "The sorted indices of a random `fraction` of `range(n)` drawn with `seed` (all for 1), at most `limit` of them."
+    idxs = range(n) if fraction >= 1 else sorted(random.Random(seed).sample(range(n), max(1, round(fraction * n))))
+    return list(idxs)[:limit]
+
+
+@contextlib.contextmanager
+def _validation_style(dl):
+    "Load `dl`'s items as the validation split does: training-only random transforms (crops...) left out."
+    ds = getattr(dl, "dataset", None)
+    with ds.set_split_idx(1) if hasattr(ds, "set_split_idx") else contextlib.nullcontext():
+        yield
+
+
+def _subset(dl, fraction, seed, max_batches, group=None):
+    """`(batches, how many, items)`: this rank's share of a random `fraction` of `dl`, at most `max_batches`.
+
+    Items are chosen, then sharded, for a fastai loader or a map-style torch loader (only those are
+    loaded); batches otherwise (every rank iterates them and keeps its share). `items` is the size of
+    the loader's dataset (that every rank must agree on), or None."""
     if isinstance(dl, FastaiDataLoader) and dl.indexed and dl.n:
         # A loader over the chosen items only, in order: the others are never loaded or transformed,
         # and none is dropped (a training loader would shuffle and drop its last partial batch).
-        idxs = sorted(rng.sample(range(dl.n), max(1, round(min(fraction, 1) * dl.n))))
+        idxs = shard(_chosen(dl.n, fraction, seed, max_batches and max_batches * (dl.bs or 1)), group)
+        if not idxs:
+            return [], 0, dl.n
         sub = FastaiDataLoader.new(
             dl, get_idxs=lambda: idxs, n=len(idxs), shuffle=False, drop_last=False, do_setup=False
         )
-        return sub, len(sub)
+        return sub, len(sub), dl.n
+    presharded = isinstance(getattr(dl, "sampler", None), DistributedSampler)
+    if isinstance(dl, TorchDataLoader) and dl.batch_size and not presharded and hasattr(dl.dataset, "__getitem__"):
+        n = len(dl.dataset)
+        idxs = shard(_chosen(n, fraction, seed, max_batches and max_batches * dl.batch_size), group)
+        sub = TorchDataLoader(
+            dl.dataset,
+            batch_size=dl.batch_size,
+            sampler=idxs,
+            num_workers=dl.num_workers,
+            collate_fn=dl.collate_fn,
+            pin_memory=dl.pin_memory,
+        )
+        return sub, len(sub), n
+    n = len(dl) if hasattr(dl, "__len__") else None
+    rng = random.Random(seed)
     if fraction >= 1:
-        return dl, n
-    if n is None:
-        return (b for b in dl if rng.random() < fraction), None
-    keep = set(rng.sample(range(n), max(1, round(fraction * n))))
-    return (b for i, b in enumerate(dl) if i in keep), len(keep)
+        kept, total = dl, n
+    elif n is None:
+        kept, total = (b for b in dl if rng.random() < fraction), None
+    else:
+        keep = set(rng.sample(range(n), max(1, round(fraction * n))))
+        kept, total = (b for i, b in enumerate(dl) if i in keep), len(keep)
+    if max_batches is not None:
+        kept, total = itertools.islice(kept, max_batches), max_batches if total is None else min(total, max_batches)
+    if presharded or not is_distributed(group):
+        return kept, total, None
+    # Every rank iterates the batches (none can be skipped unread) and folds in every world-th one.
+    r, world = rank(group), world_size(group)
+    mine = (b for i, b in enumerate(kept) if i % world == r)
+    return mine, None if total is None else len(range(r, total, world)), total
+
+
+def _fold(batches, recorders, items, group):
+    """Fold every batch into every recorder. Under a process group the ranks `agree` before the first
+    batch (their loaders must hold as many `items`) and every `STATUS_EVERY` batches until all are done,
+    so an error on one rank (a bad file) is raised on every rank."""
+    distributed, it = is_distributed(group), iter(batches)
+    error, done, step = None, False, 0
+    while True:
+        if distributed and step % STATUS_EVERY == 0:
+            all_done, values = agree(error, done, -1 if items is None else items, group)
+            if len(set(values)) > 1:
+                raise ValueError(
+                    f"the ranks' loaders differ: they hold {values} items (rank 0 to {len(values) - 1}); every "
+                    "rank must build the same dataset, in the same order, for the statistics to be sharded"
+                )
+            if all_done:
+                return
+        if not done and error is None:
+            try:
+                b = next(it)
+                x = b[0] if isinstance(b, (tuple, list)) else b
+                for rec in recorders:
+                    rec.update(x)
+            except StopIteration:
+                done = True
+            except Exception as e:  # raised on every rank by the next `agree`
+                error = e
+        step += 1
+        if not distributed:
+            if error is not None:
+                raise error
+            if done:
+                return
+
+
+def _check_red_dims(red_dims):
+    "`red_dims` as a list of tuples of ints (a single tuple gives one), or a ValueError naming it."
+    if isinstance(red_dims, (tuple, list)) and red_dims and all(isinstance(d, int) for d in red_dims):
+        return [tuple(red_dims)]
+    if (
+        not isinstance(red_dims, (tuple, list))
+        or not red_dims
+        or not all(isinstance(dims, (tuple, list)) and dims for dims in red_dims)
+    ):
+        raise ValueError(
+            f"red_dims must be a tuple of dims such as (0, 2, 3), or a list of such tuples, got {red_dims!r}"
+        )
+    return [tuple(dims) for dims in red_dims]
 
 
 @torch.no_grad()
-def compute_stats(dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches=None, progress=True, seed=0, **kwargs):
+def compute_stats(
+    dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches=None, progress=True, seed=0, group=None, **kwargs
+):
     """One pass over `dl` (batch transforms applied) feeding one `StatsRecorder` per entry of `red_dims`.
+
+    The items of a fastai loader are read as the validation split reads them: training-only random
+    transforms (`ResizeSignal`'s random crop, augmentations) are left out, so the statistics are the
+    same from one call to the next, whatever the batch size, order or number of processes.
+
+    Under `torch.distributed` (a process group of several ranks in `group`), each rank reads only its
+    share (`specnorm.distributed.shard`) of the chosen items (drawn identically on every rank from
+    `seed`) and the recorders are all-reduced: every rank gets the statistics of all the chosen items,
+    equal to one process's. The loader must be the same on every rank (not a per-rank one), except a
+    torch loader with a `DistributedSampler`, which is taken as already sharded. Ranks exchange a status
+    every few batches, so one that fails makes every rank raise (`RankError` on the others).
 
     Args:
         dl: a fastai `DataLoader` (e.g. `dls.train`), a torch `DataLoader`, or any iterable of batches
             (tensors, or tuples whose first element is the input).
         red_dims: a tuple of dims per recorder (a single tuple of ints gives one recorder).
-        fraction (float): share of the data to read, drawn at random with `seed`: items of a fastai
-            loader (only those are loaded), batches of any other iterable. 0.1-0.2 is usually enough.
-        max_batches (int): stop after that many batches.
-        progress (bool): show a fastprogress bar.
+        fraction (float): share of the data to read, drawn at random with `seed`: items of a fastai or
+            map-style torch loader (only those are loaded), batches of any other iterable. 0.1-0.2 is
+            usually enough.
+        max_batches (int): stop after that many batches (of the whole pass, over all ranks).
+        progress (bool): show a fastprogress bar (on rank 0 only).
+        seed (int): seed of the `fraction` subset.
+        group: the process group (default: the default group, when initialized).
         **kwargs: passed to each `StatsRecorder` (`correction`, `nan_policy`).
 
     Returns:
@@ -677,20 +789,24 @@ def compute_stats(dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches
         >>> glob.mean.shape, chan.mean.shape, glob.nbatches
         (torch.Size([1, 1, 1, 1]), torch.Size([1, 1, 8, 1]), 5)
     """
-    if red_dims and all(isinstance(d, int) for d in red_dims):
-        red_dims = [red_dims]
+    red_dims = _check_red_dims(red_dims)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if max_batches is not None and (
+        not isinstance(max_batches, int) or isinstance(max_batches, bool) or max_batches < 1
+    ):
+        raise ValueError(f"max_batches must be a positive int (or None for all), got {max_batches!r}")
     recorders = [StatsRecorder(dims, **kwargs) for dims in red_dims]
-    batches, total = _subset(dl, fraction, seed)
-    if max_batches is not None:
-        total = max_batches if total is None else min(total, max_batches)
-    for i, b in enumerate(progress_bar(batches, total=total, label="statistics", unit="batches", show=progress)):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = b[0] if isinstance(b, (tuple, list)) else b
+    batches, total, items = _subset(dl, fraction, seed, max_batches, group)
+    batches = progress_bar(batches, total=total, label="statistics", unit="batches", show=progress and rank(group) == 0)
+    with _validation_style(dl):
+        _fold(batches, recorders, items, group)
+    if is_distributed(group):
+        _, counts = agree(None, True, recorders[0].nbatches, group)
+        if sum(counts) == 0:
+            raise ValueError("compute_stats read no batches on any rank: the DataLoader is empty")
         for rec in recorders:
-            rec.update(x)
-    if not recorders or recorders[0].nbatches == 0:
-        raise ValueError("compute_stats read no batches: the DataLoader is empty (or red_dims is empty)")
+            rec.all_reduce(group)
+    elif recorders[0].nbatches == 0:
+        raise ValueError("compute_stats read no batches: the DataLoader is empty")
     return recorders
