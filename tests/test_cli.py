@@ -323,7 +323,6 @@ def test_stats_checks_out_before_the_statistics_pass(dataset, tmp_path, monkeypa
     "args,message",
     [
         (["compare", "--data", "{data}", "--bs", "13"], "argument --bs: 13 is more than the 12 training clips"),
-        (["stats", "--data", "{data}", "--bs", "64"], "argument --bs: 64 is more than the 12 training clips"),
         (["demo", "--methods", "none", "zscore"], "argument --methods: unknown normalization method(s) ['zscore']"),
         (["compare", "--data", "{data}"], None),  # the argument list below adds an unknown method
         (["frobnicate"], "invalid choice: 'frobnicate'"),

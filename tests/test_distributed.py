@@ -371,8 +371,10 @@ def test_torchrun_stats_with_a_bad_file_gives_one_line_per_rank(tmp_path):
     )
     assert proc.returncode != 0 and not (tmp_path / "s.safetensors").exists()
     errors = [line for line in proc.stderr.splitlines() if line.startswith("specnorm stats: error:")]
-    assert len(errors) == 2 and all(_bad_file(df) in line for line in errors), proc.stderr[-3000:]
-    assert any("rank 1 of 2 failed" in line for line in errors)
+    # torchrun's agent stops the other workers as soon as one exits with an error, so rank 0's own line
+    # (from the status exchange, before any collective) may be cut off: one or two lines, never a hang.
+    assert 1 <= len(errors) <= 2 and all(_bad_file(df) in line for line in errors), proc.stderr[-3000:]
+    assert len(errors) == 1 or any("rank 1 of 2 failed" in line for line in errors)
     # no traceback through specnorm (torchrun itself prints one when a rank exits with an error)
     assert "specnorm/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
 
