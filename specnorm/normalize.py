@@ -49,7 +49,7 @@ def _as_plain(v):
     return torch.as_tensor(v, dtype=torch.float32)
 
 
-def _stat_shape(v, axes, name):
+def _as_statistic(v, axes, name):
     "`v` as a 4-D statistic `[1, ...]`, size 1 on every dim in `axes`."
     v = _as_plain(v)
     if v.ndim == 4:
@@ -177,8 +177,8 @@ class SpecNormalize(Normalize):
     def set_stats(self, mean, std):
         "Set the statistics (either may be `None` while the other is being set); clears the device cache."
         self._cache = {}
-        self._mean = None if mean is None else _stat_shape(mean, self.axes, "mean")
-        self._std = None if std is None else _stat_shape(std, self.axes, "std")
+        self._mean = None if mean is None else _as_statistic(mean, self.axes, "mean")
+        self._std = None if std is None else _as_statistic(std, self.axes, "std")
         if not self.has_stats:
             return
         for name, v in (("mean", self._mean), ("std", self._std)):

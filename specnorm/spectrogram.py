@@ -3,6 +3,8 @@
 They wrap torchaudio's `Spectrogram`, `MelSpectrogram`, `AmplitudeToDB` and `MFCC`, and work on an
 item `[C, T]` or, as fastai batch transforms, on a batch `[B, C, T]` on whatever device it is on:
 computing spectrograms on GPU batches instead of precomputing images is the point (fastaudio's design).
+Neither reads a value on the host: spectrograms with NaN or Inf (e.g. from samples of 1e20, whose
+power overflows float32) are counted on the device and reported by `check()` (`FiniteCheck`).
 """
 
 from dataclasses import fields
@@ -13,6 +15,7 @@ import torchaudio.transforms as T
 from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
+from .functional import FiniteCheck
 
 __all__ = ["AudioToMFCC", "AudioToSpec"]
 
@@ -48,6 +51,11 @@ class AudioToSpec(DisplayedTransform):
         super().__init__()
         self.mel, self.to_db, self.top_db, self.settings = mel, to_db, top_db, settings
         self._pipes = {}  # one torchaudio pipeline per device, built on first use there
+        self.finite = FiniteCheck(type(self).__name__)
+
+    def check(self):
+        "Raise if a spectrogram made since the last check held NaN or Inf (reads device counts: one host sync)."
+        self.finite.check()
 
     @classmethod
     def from_cfg(cls, cfg):
@@ -85,6 +93,7 @@ class AudioToSpec(DisplayedTransform):
         pipe = self._pipe(x.device)
         with torch.autocast(x.device.type, enabled=False):  # the dB log needs float32 range
             spec = pipe(x.as_subclass(torch.Tensor))
+        self.finite.update(spec)
         return AudioSpectrogram(spec, sr=x.sr, **self.meta)
 
     def __getstate__(self):

@@ -94,3 +94,17 @@ def test_agrees_with_librosa_on_the_same_settings():
     loud = reference > -60
     assert ours.shape == reference.shape and loud.mean() > 0.9
     np.testing.assert_allclose(ours[loud], reference[loud], atol=2e-3)
+
+
+def test_overflowing_samples_are_reported_by_check():
+    # finite samples of 1e20 pass AudioTensor, but their power (1e40) overflows float32: Inf in the
+    # spectrogram, counted on the device and raised by check()
+    a2s = AudioToSpec(n_fft=64, hop_length=32)
+    a2s(AudioTensor(torch.randn(2, 1, 800), sr=16000))
+    loud = torch.randn(2, 1, 800)
+    loud[1, 0, 100:200] = 1e20
+    out = a2s(AudioTensor(loud, sr=16000))
+    assert not torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"AudioToSpec: 1 of the 2 batches .*batch 1 .*shape \(2, 1, 33, 26\)"):
+        a2s.check()
+    a2s.check()  # reported once
