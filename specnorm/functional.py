@@ -157,7 +157,8 @@ class FiniteCheck:
 
     Args:
         who (str): the transform's name, for the message.
-        what (str): what a bad batch holds, for the message.
+        what (str): what a bad batch holds, for the message. NaN or Inf outputs come from NaN or Inf
+            inputs, or from finite values too large for the output's dtype (e.g. 3e38 minus -3e38).
         fold_every (int): batches between folds of the marks.
 
     Example:
@@ -169,10 +170,10 @@ class FiniteCheck:
         ...     fc.check()
         ... except ValueError as e:
         ...     print(e)
-        MyTransform: 1 of the 2 batches ... held NaN or Inf values; the first is batch 1 (counting from 0) of shape (2,)
+        MyTransform: 1 of the 2 batches ... held NaN or Inf outputs; the first is batch 1 (...) of shape (2,)
     """
 
-    def __init__(self, who: str, what: str = "NaN or Inf values", fold_every: int = 256):
+    def __init__(self, who: str, what: str = "NaN or Inf outputs", fold_every: int = 256):
         self.who, self.what, self.fold_every = who, what, fold_every
         self.reset()
 

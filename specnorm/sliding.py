@@ -30,7 +30,8 @@ and is within about one float32 ulp of the values (measured up to 1e-5 on dB spe
 clips included); with `norm_vars` the sums of values and squares are float64 (float32 on MPS), since
 `E[z^2] - E[z]^2` cancels where the local mean is far from the row mean: the output error is then
 set by the float32 input and output (measured up to 2e-5, two-frame windows on long drifting clips
-included). On CUDA all sums are float64.
+included). On CUDA all sums are float64. Float32 values beyond ~1e37 overflow the float32 sums and
+outputs: NaN/Inf outputs, which the transform's check reports.
 
 `ShortTimeAudioNormalize` is the waveform counterpart: each sample is divided by the RMS of the
 signal in a window of `window_s` seconds around it (same centred window rule), which evens out

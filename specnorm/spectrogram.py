@@ -7,6 +7,7 @@ Neither reads a value on the host: spectrograms with NaN or Inf (e.g. from sampl
 power overflows float32) are counted on the device and reported by `check()` (`FiniteCheck`).
 """
 
+import copy
 from dataclasses import fields
 
 import torch
@@ -50,7 +51,10 @@ class AudioToSpec(DisplayedTransform):
     def __init__(self, mel=False, to_db=True, top_db=None, **settings):
         super().__init__()
         self.mel, self.to_db, self.top_db, self.settings = mel, to_db, top_db, settings
-        self._pipes = {}  # one torchaudio pipeline per device, built on first use there
+        # Built here, on the CPU (torchaudio reads its filterbank on the host), and copied to a device on first
+        # use there without waiting for it: the transform itself never syncs.
+        self._cpu_pipe = self._build()
+        self._pipes = {}
         self.finite = FiniteCheck(type(self).__name__)
 
     def check(self):
@@ -74,8 +78,10 @@ class AudioToSpec(DisplayedTransform):
         return nn.Sequential(spec, T.AmplitudeToDB(stype=stype, top_db=self.top_db))
 
     def _pipe(self, device):
+        if device.type == "cpu":
+            return self._cpu_pipe
         if device not in self._pipes:
-            self._pipes[device] = self._build().to(device)
+            self._pipes[device] = copy.deepcopy(self._cpu_pipe).to(device, non_blocking=True)
         return self._pipes[device]
 
     def _check_input(self, x):
@@ -97,7 +103,7 @@ class AudioToSpec(DisplayedTransform):
         return AudioSpectrogram(spec, sr=x.sr, **self.meta)
 
     def __getstate__(self):
-        # Pipelines are rebuilt on the loading side; they may live on a GPU the loader lacks.
+        # Device pipelines are copied again on the loading side; they may live on a GPU the loader lacks.
         return {k: v for k, v in self.__dict__.items() if k != "_pipes"} | {"_pipes": {}}
 
 

@@ -223,6 +223,11 @@ class StatsRecorder:
                 f"{int((dof <= 0).sum())} of the {count.numel()} statistics have "
                 f"{int(count.min())} elements, too few for correction={self.correction} (all masked?)"
             )
+        if not torch.isfinite(m2).all():  # finite data whose variance float64 cannot hold (|values| ~ 1e154 and up)
+            raise ValueError(
+                "the variance of the data seen exceeds the float64 range (values of magnitude ~1e154 or more): "
+                "rescale the data before recording statistics"
+            )
         return mean, m2 / dof
 
     @property

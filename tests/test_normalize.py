@@ -181,7 +181,7 @@ def test_nan_or_inf_batches_are_reported_by_check(device):
     x = db_batch(b=2).to(device)
     x[1, 0, 0, 0] = float("-inf")
     norm(AudioSpectrogram(x))
-    msg = r"SpecNormalize: 2 of the 3 batches since the last check held NaN or Inf values; the first is batch 1 "
+    msg = r"SpecNormalize: 2 of the 3 batches since the last check held NaN or Inf outputs; the first is batch 1 "
     with pytest.raises(ValueError, match=msg + r"\(counting from 0\) of shape \(6, 1, 20, 30\)"):
         norm.check()
     norm.check()  # reported once: the next check starts over
