@@ -307,3 +307,13 @@ def test_in_a_dataloader(esc50_like):
     assert type(x) is AudioSpectrogram and x.shape == (4, 1, 32, 51) and x.sr == 16000
     # every frame is normalized over 20 frames: the per-frame statistics of the output are near 0 and 1
     assert x.mean(-1).abs().max() < 0.5 and torch.isfinite(x).all()
+
+
+def test_colorbar_says_what_was_removed():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = AudioSpectrogram(torch.randn(1, 1, 8, 40) - 40, sr=16000, hop_length=160, to_db=True)
+    label = lambda s: s[0].show().figure.axes[-1].get_ylabel()
+    assert label(SlidingSpecNorm(window=10)(x)) == "dB, mean removed"  # only the mean is removed
+    assert label(SlidingSpecNorm(window=10, norm_vars=True)(x)) == "standardized"
