@@ -48,6 +48,6 @@ def run(device="cpu", smoke=False):
         f"### SpecNormalize, {device}\n\nFloat32 spectrogram batches: time of each normalization as a multiple "
         f"of `x.clone()` on the same batch (a memory copy, the memory-bound limit; 1.00x is as fast as a copy, "
         f"lower is better). fastai's `Normalize` computes `(x - mean) / std` on a `TensorImage`; SpecNormalize "
-        f"is one fused multiply-add, plus, unless `check_finite=False`, one max-abs reduction of the output whose "
+        f"is one fused multiply-add, plus, unless `check_finite=False`, one min-max reduction of the output whose "
         f"result stays on the device (the deferred NaN/Inf check; no host sync).\n\n" + table
     )

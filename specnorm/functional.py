@@ -148,8 +148,9 @@ def _to(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 class FiniteCheck:
     """Deferred NaN/Inf detection for a transform: device-side marks per batch, read only in `check()`.
 
-    `update(y)` queues one reduction per batch, `max |y|`, which is NaN or Inf exactly when `y` holds a
-    NaN or an Inf (no sum that could overflow on large finite values): no host read, no device sync.
+    `update(y)` queues one reduction per batch, `torch.aminmax(y)`, whose two values are finite exactly when
+    `y` holds no NaN and no Inf (no sum that could overflow on large finite values; one read of `y`, faster
+    than a norm on the CPU): no host read, no device sync.
     Marks are folded into a first-bad-batch index and a bad-batch count every `fold_every` batches
     (a few small kernels). `check()` reads them (one host sync, where training already syncs: the
     `CheckFinite` callback calls it after each epoch and validation) and raises a `ValueError` naming the
@@ -189,11 +190,11 @@ class FiniteCheck:
     def update(self, y: Tensor, invalid: Tensor | None = None) -> None:
         "Mark the batch `y` (and as bad when the 0-d bool tensor `invalid` is true). Queues kernels only."
         y = y.as_subclass(Tensor)
-        if (self._marks and self._marks[0].device != y.device) or len(self._marks) >= self.fold_every:
+        if (self._marks and self._marks[0][0].device != y.device) or len(self._marks) >= self.fold_every:
             self._fold()
-        mark = torch.linalg.vector_norm(y.detach(), float("inf")) if y.numel() else y.new_zeros((), dtype=torch.float32)
+        mark = torch.aminmax(y.detach()) if y.numel() else (y.new_zeros(()),) * 2
         if invalid is not None:
-            mark = torch.where(invalid, float("nan"), mark)
+            mark = (torch.where(invalid, float("nan"), mark[0]), mark[1])
         self._marks.append(mark)
         self.shapes.append(tuple(y.shape))
         self.nbatches += 1
@@ -201,10 +202,10 @@ class FiniteCheck:
     def _fold(self) -> None:
         if not self._marks:
             return
-        marks = torch.stack([m.double() for m in self._marks])
+        marks = torch.stack([torch.stack(m).double() for m in self._marks])  # [batches, 2]
         start = self.nbatches - len(marks)
         index = torch.arange(start, start + len(marks), device=marks.device, dtype=torch.float64)
-        bad = ~torch.isfinite(marks)
+        bad = ~torch.isfinite(marks).all(1)
         part = torch.stack([torch.where(bad, index, math.inf).amin(), bad.sum(dtype=torch.float64)])
         if self._summary is not None:
             prev = self._summary.to(marks.device, non_blocking=True)

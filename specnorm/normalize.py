@@ -106,7 +106,7 @@ class SpecNormalize(Normalize):
         fraction (float): share of the training items `setups` reads (a random subset, `compute_stats`).
         progress (bool): progress bar while `setups` computes statistics.
         check_finite (bool): count the normalized batches that hold NaN or Inf, on the device (one
-            max-abs reduction per batch, no host sync); `check()` raises naming the first of them, and
+            min-max reduction per batch, no host sync); `check()` raises naming the first of them, and
             the `CheckFinite` callback calls it after every epoch and validation pass. `False` skips it.
 
     Shape:
