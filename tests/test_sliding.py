@@ -317,3 +317,17 @@ def test_colorbar_says_what_was_removed():
     label = lambda s: s[0].show().figure.axes[-1].get_ylabel()
     assert label(SlidingSpecNorm(window=10)(x)) == "dB, mean removed"  # only the mean is removed
     assert label(SlidingSpecNorm(window=10, norm_vars=True)(x)) == "standardized"
+
+
+@pytest.mark.parametrize("hop", [None, 160])
+@pytest.mark.parametrize("louder_db,bound", [(40, 3e-7), (80, 2e-6), (100, 1.5e-4)])
+def test_quiet_after_a_much_louder_part_is_as_accurate_as_documented(hop, louder_db, bound):
+    # the module docstring's figures: 5 s of noise at 16 kHz, 0.1 s windows, the first half louder
+    sr = n = 16000 * 5 // 5
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 5 * n)) * np.where(np.arange(5 * n) < 5 * n // 2, 10 ** (louder_db / 20), 1.0)
+    x = x.astype(np.float32)
+    rms = short_time_rms(torch.from_numpy(x), sr // 10, hop).numpy()
+    quiet = slice(5 * n // 2 + sr // 10, None)  # windows that no longer touch the loud part
+    err = np.abs(rms[:, quiet] / numpy_rms(x, sr // 10, hop)[:, quiet] - 1).max()
+    assert err < bound
