@@ -344,9 +344,19 @@ def _sum64(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.double().sum(dims, keepdim=True) if dims else t.double()
 
 
+def _sumsq64(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    "Sum of squares over `dims` in float64: along the last dim as a float32 dot product (one read, no write)."
+    last = t.ndim - 1
+    if last in dims and t.shape[-1] > 1:
+        partial = torch.linalg.vecdot(t, t).unsqueeze(-1).double()
+        rest = tuple(d for d in dims if d != last)
+        return partial.sum(rest, keepdim=True) if rest else partial
+    return _sum64(t * t, dims)
+
+
 def _pow2_scale(amax: Tensor, dtype: torch.dtype) -> Tensor:
     "A power of two `s` with `amax * s < 1` (exact to multiply by); 1 where `amax` is 0, NaN or Inf."
-    amax = torch.where(torch.isfinite(amax) & (amax > 0), amax, 1.0)
+    amax = amax.nan_to_num(1.0, 1.0, 1.0)  # frexp(0) has exponent 0: s = 1
     limit = round(math.log2(torch.finfo(dtype).max)) - 1  # s and 1 / s stay normal numbers of `dtype`
     return torch.ldexp(torch.ones_like(amax), -torch.frexp(amax).exponent.clamp(-limit, limit))
 
@@ -385,22 +395,23 @@ def moments(
         finite = torch.isfinite(x)
         valid = finite if valid is None else valid & finite
         nonfinite = torch.count_nonzero(~finite if mask is None else mask & ~finite)
+    xv = x if valid is None else torch.where(valid, x, 0)
     # Scale by a power of two so that |x * s| < 1: squares neither overflow nor underflow, and nothing is rounded.
-    amax = torch.linalg.vector_norm(x if valid is None else torch.where(valid, x, 0), float("inf"), dims, keepdim=True)
+    amax = torch.linalg.vector_norm(xv, float("inf"), dims, keepdim=True)
     s = _pow2_scale(amax, x.dtype)
     if valid is None:
         count = torch.full(amax.shape, x.numel() // max(amax.numel(), 1), dtype=torch.float64, device=x.device)
         shift = x.mean(dims, keepdim=True) * s
     else:
         count = valid.sum(dims, keepdim=True, dtype=torch.float64)
-        shift = torch.where(valid, x, 0).sum(dims, keepdim=True) * s / count.clamp(min=1).to(x.dtype)
+        shift = xv.sum(dims, keepdim=True) * s / count.clamp(min=1).to(x.dtype)
     # A NaN in the batch makes its mean NaN, and a huge batch's float32 sum may overflow: centre on 0 then.
     shift = shift.nan_to_num(0.0, 0.0, 0.0)
     d = torch.addcmul(-shift, x, s)  # (x - mean) * s, one rounding
     if valid is not None:
         d = torch.where(valid, d, 0)
     s1 = _sum64(d, dims)
-    s2 = _sum64(d.square_(), dims)
+    s2 = _sumsq64(d, dims)
     if not omit_nonfinite:  # in place, as d is spent: NaN - NaN and Inf - Inf are NaN, finite - itself is 0
         nonfinite = torch.count_nonzero(d.sub_(d))
     n = count.clamp(min=1)
