@@ -113,7 +113,14 @@ class NormDriftMonitor(Callback):
 
     order = 50  # after the batch exists, independent of other callbacks
 
-    def __init__(self, reference=None, red_dims=CHANNEL_AXES, threshold=DRIFT_THRESHOLD, warn=True, eps=SPEC_STD_EPS):
+    def __init__(
+        self,
+        reference: StatsRecorder | SpecNormalize | None = None,
+        red_dims: tuple[int, ...] = CHANNEL_AXES,
+        threshold: float = DRIFT_THRESHOLD,
+        warn: bool = True,
+        eps: float = SPEC_STD_EPS,
+    ):
         self.reference, self.red_dims, self.threshold, self.warn = reference, tuple(red_dims), threshold, warn
         self.eps = eps
         self.new_stats, self.report, self.normalizer = None, None, None
@@ -139,7 +146,7 @@ class NormDriftMonitor(Callback):
         self.new_stats.update(x)
         return self
 
-    def scan(self, dl, progress=False):
+    def scan(self, dl, progress: bool = False) -> DriftReport:
         "Record every batch of `dl` (any iterable of batches or `(x, y)` tuples) and return the `DriftReport`."
         from fastprogress.fastprogress import progress_bar
 
@@ -173,7 +180,7 @@ class NormDriftMonitor(Callback):
             )
         return norm.mean, norm.std.square()
 
-    def compare(self):
+    def compare(self) -> DriftReport:
         "The `DriftReport` of the data recorded so far (also kept as `.report`)."
         ref_mean, ref_var = (t.double() for t in self._reference_stats())
         new_mean, new_var = self.new_stats.mean.double().cpu(), self.new_stats.var.double().cpu()

@@ -11,6 +11,8 @@ The math is `specnorm.functional.instance_norm`; NaN/Inf outputs are counted on 
 reported by `check()` (see `specnorm.functional.FiniteCheck`).
 """
 
+from collections.abc import Sequence
+
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImageBase
 
@@ -48,12 +50,12 @@ class InstanceSpecNorm(DisplayedTransform):
 
     order = 60
 
-    def __init__(self, axes=(2, 3), eps=INSTANCE_EPS):
+    def __init__(self, axes: Sequence[int] = (2, 3), eps: float = INSTANCE_EPS):
         super().__init__()
         self.axes, self.eps = check_axes(axes, 4, allowed=(1, 2, 3)), check_eps(eps, positive=True)
         self.finite = FiniteCheck(type(self).__name__)
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a batch since the last check gave NaN or Inf (reads device counts: one host sync)."
         self.finite.check()
 

@@ -16,6 +16,8 @@ a value on the host: NaN/Inf outputs are counted on the device (`specnorm.functi
 raised by `check()`, which the `CheckFinite` callback calls after every epoch and validation pass.
 """
 
+from collections.abc import Sequence
+
 import torch
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
@@ -127,12 +129,12 @@ class SpecNormalize(Normalize):
         self,
         mean=None,
         std=None,
-        axes=GLOBAL_AXES,
-        eps=SPEC_STD_EPS,
-        fraction=1.0,
-        progress=True,
-        check_finite=True,
-        red_dims=None,
+        axes: Sequence[int] = GLOBAL_AXES,
+        eps: float = SPEC_STD_EPS,
+        fraction: float = 1.0,
+        progress: bool = True,
+        check_finite: bool = True,
+        red_dims: Sequence[int] | None = None,
     ):
         DisplayedTransform.__init__(self)
         if red_dims is not None:  # StatsRecorder's name for the same idea, accepted as an alias
@@ -296,7 +298,7 @@ class SpecNormalize(Normalize):
             )
         return self._cache[key]
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a batch normalized since the last check held NaN or Inf (reads device counts: one host sync)."
         self.finite.check()
 
@@ -376,12 +378,12 @@ class AudioNormalize(DisplayedTransform):
 
     order = 20
 
-    def __init__(self, per_channel=False, eps=AUDIO_SILENCE_EPS):
+    def __init__(self, per_channel: bool = False, eps: float = AUDIO_SILENCE_EPS):
         super().__init__()
         self.per_channel, self.eps = per_channel, check_eps(eps)
         self.finite = FiniteCheck(type(self).__name__)
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a signal since the last check held NaN or Inf (reads device counts: one host sync)."
         self.finite.check()
 

@@ -68,15 +68,15 @@ class PCEN(DisplayedTransform):
 
     def __init__(
         self,
-        sr=_D["sr"],
-        hop_length=_D["hop_length"],
-        gain=_D["gain"],
-        bias=_D["bias"],
-        power=_D["power"],
-        time_constant=_D["time_constant"],
-        eps=_D["eps"],
-        b=None,
-        max_size=1,
+        sr: float = _D["sr"],
+        hop_length: int = _D["hop_length"],
+        gain: float = _D["gain"],
+        bias: float = _D["bias"],
+        power: float = _D["power"],
+        time_constant: float = _D["time_constant"],
+        eps: float = _D["eps"],
+        b: float | None = None,
+        max_size: int = 1,
     ):
         for name, v in dict(gain=gain, bias=bias, power=power).items():
             check_eps(v, name)
@@ -88,7 +88,7 @@ class PCEN(DisplayedTransform):
         self.time_constant, self.eps, self.b, self.max_size = time_constant, eps, b, max_size
         self.finite = FiniteCheck(type(self).__name__, "negative, NaN or Inf inputs, or NaN or Inf outputs")
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a batch since the last check was bad (reads device counts: one host sync)."
         self.finite.check()
 
@@ -135,16 +135,16 @@ class TrainablePCEN(nn.Module):
 
     def __init__(
         self,
-        n_channels,
-        sr=_D["sr"],
-        hop_length=_D["hop_length"],
-        gain=_D["gain"],
-        bias=_D["bias"],
-        power=_D["power"],
-        time_constant=_D["time_constant"],
-        eps=_D["eps"],
-        b=None,
-        learn_smoothing=True,
+        n_channels: int,
+        sr: float = _D["sr"],
+        hop_length: int = _D["hop_length"],
+        gain: float = _D["gain"],
+        bias: float = _D["bias"],
+        power: float = _D["power"],
+        time_constant: float = _D["time_constant"],
+        eps: float = _D["eps"],
+        b: float | None = None,
+        learn_smoothing: bool = True,
     ):
         super().__init__()
         b = pcen_smoothing_coef(time_constant, sr, hop_length) if b is None else b
@@ -158,7 +158,7 @@ class TrainablePCEN(nn.Module):
         self.log_gain, self.log_bias, self.log_power = init(gain), init(bias), init(power)
         self.log_b = init(b).requires_grad_(learn_smoothing)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2 or x.shape[-2] != self.n_channels:
             raise ValueError(
                 f"TrainablePCEN({self.n_channels}) expects [..., {self.n_channels}, T], got shape {tuple(x.shape)}"

@@ -99,14 +99,21 @@ class SlidingSpecNorm(DisplayedTransform):
 
     order = 60
 
-    def __init__(self, window=SLIDING_WINDOW, center=True, norm_vars=False, min_window=MIN_WINDOW, eps=INSTANCE_EPS):
+    def __init__(
+        self,
+        window: int = SLIDING_WINDOW,
+        center: bool = True,
+        norm_vars: bool = False,
+        min_window: int = MIN_WINDOW,
+        eps: float = INSTANCE_EPS,
+    ):
         window_bounds(1, window, center, min_window)  # validates window and min_window
         super().__init__()
         self.window, self.center, self.norm_vars, self.min_window = window, center, norm_vars, min_window
         self.eps = check_eps(eps, positive=True)
         self.finite = FiniteCheck(type(self).__name__)
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a batch since the last check gave NaN or Inf (reads device counts: one host sync)."
         self.finite.check()
 
@@ -146,14 +153,14 @@ class ShortTimeAudioNormalize(DisplayedTransform):
 
     order = 45  # on waveforms: after the item transforms, before AudioToSpec (50)
 
-    def __init__(self, window_s, hop_s=None, floor=1e-4):
+    def __init__(self, window_s: float, hop_s: float | None = None, floor: float = 1e-4):
         if not (window_s > 0 and (hop_s is None or hop_s > 0) and floor > 0):
             raise ValueError(f"window_s, hop_s and floor must be positive, not {window_s}, {hop_s}, {floor}")
         super().__init__()
         self.window_s, self.hop_s, self.floor = window_s, hop_s, floor
         self.finite = FiniteCheck(type(self).__name__)
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a signal since the last check gave NaN or Inf (reads device counts: one host sync)."
         self.finite.check()
 

@@ -57,7 +57,7 @@ class AudioToSpec(DisplayedTransform):
         self._pipes = {}
         self.finite = FiniteCheck(type(self).__name__)
 
-    def check(self):
+    def check(self) -> None:
         "Raise if a spectrogram made since the last check held NaN or Inf (reads device counts: one host sync)."
         self.finite.check()
 

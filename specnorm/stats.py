@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,13 @@ class StatsRecorder:
         (torch.Size([1, 1, 4, 1]), torch.Size([1, 1, 4, 1]), 8, 80)
     """
 
-    def __init__(self, red_dims=GLOBAL_AXES, correction=0, nan_policy="raise", axes=None):
+    def __init__(
+        self,
+        red_dims: Sequence[int] = GLOBAL_AXES,
+        correction: float = 0,
+        nan_policy: str = "raise",
+        axes: Sequence[int] | None = None,
+    ):
         if axes is not None:  # the transforms' name for the same idea
             red_dims = axes
         self.red_dims = _check_config(red_dims, correction, nan_policy)
@@ -144,7 +151,7 @@ class StatsRecorder:
 
     # -- folding in data ------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, x, mask=None):
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> "StatsRecorder":
         "Fold in the batch `x`, only where the boolean `mask` (broadcastable to `x`) is true if given."
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"update takes a tensor, got {type(x).__name__}")
