@@ -2,6 +2,7 @@
 
 import torch
 
+from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
 from specnorm.stats import StatsRecorder
 
 from .common import markdown_table, timeit
@@ -52,7 +53,7 @@ def run(device="cpu", smoke=False):
     rows = []
     for shape in shapes:
         x = (torch.randn(shape, device=device) * 20 - 50).contiguous()  # dB-like spectrogram batch
-        for name, dims in (("global (0,2,3)", (0, 2, 3)), ("per frequency (0,1,3)", (0, 1, 3))):
+        for name, dims in (("global (0,2,3)", GLOBAL_AXES), ("per frequency (0,1,3)", CHANNEL_AXES)):
             rec, pooled = StatsRecorder(dims), PooledStdRecorder(dims)
             rec.update(x), pooled.update(x)  # steady state: every timed call folds into existing statistics
             base = timeit(lambda: torch.var_mean(x, dims, correction=0, keepdim=True), device, repeat=repeat)
