@@ -140,8 +140,8 @@ def _accumulator_dtype(x: Tensor) -> torch.dtype:
 
 
 def _to(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    "`t` on `like`'s device: a host-to-device copy that does not wait for the device (no sync)."
-    return t.to(device=like.device, dtype=dtype or t.dtype, non_blocking=True)
+    "`t` on `like`'s device: a host-to-device copy does not wait for the device (no sync); copies to the CPU do."
+    return t.to(device=like.device, dtype=dtype or t.dtype, non_blocking=like.device.type != "cpu")
 
 
 # -- deferred NaN/Inf detection ---------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class FiniteCheck:
         bad = ~torch.isfinite(marks).all(1)
         part = torch.stack([torch.where(bad, index, math.inf).amin(), bad.sum(dtype=torch.float64)])
         if self._summary is not None:
-            prev = self._summary.to(marks.device, non_blocking=True)
+            prev = self._summary.to(marks.device)  # only when batches change device
             part = torch.stack([torch.minimum(prev[0], part[0]), prev[1] + part[1]])
         self._summary, self._marks = part, []
 

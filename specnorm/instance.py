@@ -62,7 +62,7 @@ class InstanceSpecNorm(DisplayedTransform):
     def encodes(self, x: TensorImageBase):
         mask = getattr(x, "mask", None)
         if mask is None and getattr(x, "lengths", None) is not None:
-            mask = lengths_to_mask(x.lengths, x.shape[-1]).to(x.device, non_blocking=True)
+            mask = lengths_to_mask(x.lengths, x.shape[-1]).to(x.device, non_blocking=x.device.type != "cpu")
             if x.ndim == 3:
                 mask = mask[0]
         out = instance_norm(x, self.axes, mask=mask, eps=self.eps)

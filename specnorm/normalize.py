@@ -199,11 +199,10 @@ class SpecNormalize(Normalize):
         self._scale, self._shift = affine_params(mean, std, self.eps)
         self._dscale = floor_std(mean, std, self.eps).clamp_min(1 / torch.finfo(torch.float32).max).float()
         self._dshift = mean.float().contiguous()
-        # One global value: a python float and a CPU 0-d tensor, which torch takes as scalars on any device
-        # (nothing to copy to the device, nothing to stream): the pass is `shift + scale * x`.
+        # One global value: python floats (read here, once, on the CPU); the pass is `shift + scale * x`.
         pairs = {False: (self._scale, self._shift), True: (self._dscale, self._dshift)}
         one = self._scale.numel() == 1
-        self._scalars = {d: (float(a), b.double().reshape(())) for d, (a, b) in pairs.items()} if one else None
+        self._scalars = {d: (float(a), float(b)) for d, (a, b) in pairs.items()} if one else None
 
     @classmethod
     def from_stats(cls, stats, std=None, axes=None, **kwargs):
@@ -276,7 +275,11 @@ class SpecNormalize(Normalize):
                 "or put it in a DataBlock's batch_tfms so setups computes them"
             )
         if self._scalars is not None:
-            return self._scalars[decode]
+            key = (decode, x.device, x.dtype)
+            if key not in self._cache:  # the shift as a 0-d tensor filled on the device: no copy, no sync
+                scale, shift = self._scalars[decode]
+                self._cache[key] = (scale, torch.full((), shift, dtype=x.dtype, device=x.device))
+            return self._cache[key]
         scale, shift = (self._dscale, self._dshift) if decode else (self._scale, self._shift)
         for d, n in enumerate(scale.shape):
             if n != 1 and n != x.shape[d]:

@@ -223,9 +223,6 @@ def test_device_cache_and_pickling_keep_only_cpu_statistics(device):
     for axes in (GLOBAL, CHANNEL):
         norm = SpecNormalize(*ref_stats(x, axes), axes=axes)
         y = norm(x)
-        if axes == GLOBAL:  # one value: applied as scalars, nothing cached per device
-            assert norm._cache == {} and torch.equal(pickle.loads(pickle.dumps(norm))(x), y)
-            continue
         assert len(norm._cache) == 1
         cached = next(iter(norm._cache.values()))
         norm(x), norm(x)
