@@ -90,7 +90,8 @@ class SpecNormalize(Normalize):
     pass through untouched (fastai type dispatch), as do masks.
 
     Statistics are plain float32 CPU tensors (`.mean`, `.std`); the `scale = 1 / std` and
-    `shift = -mean / std` of the fused pass are computed once and cached per device and batch shape.
+    `shift = -mean / std` of the fused pass (`specnorm.functional.affine_params`) are computed once and
+    cached per device and batch shape, so no batch reads a value on the host, the first one included.
     `std` is floored at `eps * |mean|` so a constant channel maps to ~0, never Inf; a channel whose
     floored std is still 0 (all zeros, or constant with `eps=0`) is only centred. `decodes` is the
     exact inverse, so `show_batch` shows dB.
@@ -102,14 +103,15 @@ class SpecNormalize(Normalize):
     Args:
         mean, std: statistics: numbers, vectors for the one kept dim, or 4-D tensors with size 1 on
             `axes` (as `StatsRecorder.mean`/`.std` give). `None` (both): computed in `setups`.
-        axes (tuple): the reduced dims: `(0, 2, 3)` one value per channel (global for mono),
-            `(0, 1, 3)` one value per frequency row.
-        eps (float): relative floor on std (`SPEC_STD_EPS = 1e-3`).
+        axes (tuple): the reduced dims: `GLOBAL_AXES = (0, 2, 3)` one value per channel (global for mono),
+            `CHANNEL_AXES = (0, 1, 3)` one value per frequency row.
+        eps (float): relative floor on std (`SPEC_STD_EPS = 1e-3`), a finite number >= 0.
         fraction (float): share of the training items `setups` reads (a random subset, `compute_stats`).
         progress (bool): progress bar while `setups` computes statistics.
         check_finite (bool): count the normalized batches that hold NaN or Inf, on the device (one
             min-max reduction per batch, no host sync); `check()` raises naming the first of them, and
             the `CheckFinite` callback calls it after every epoch and validation pass. `False` skips it.
+        red_dims (tuple): `StatsRecorder`'s name for `axes`, accepted as an alias.
 
     Shape:
         `[B, C, F, T]` batches (or `[C, F, T]` items) -> same shape.
