@@ -179,12 +179,13 @@ class FiniteCheck:
         self.reset()
 
     def __getstate__(self):  # pickled (Learner.export) without marks: they may live on a device the loader lacks
-        return {**self.__dict__, "nbatches": 0, "shapes": [], "_marks": [], "_summary": None}
+        return {**self.__dict__, "nbatches": 0, "_shapes": [], "_marks": [], "_summary": None}
 
     def reset(self) -> None:
         "Forget every batch seen."
-        self.nbatches, self.shapes = 0, []
-        self._marks: list[Tensor] = []
+        self.nbatches = 0
+        self._shapes: list[tuple[int, tuple[int, ...]]] = []  # (first batch, shape) at each change of shape
+        self._marks: list[tuple[Tensor, Tensor]] = []
         self._summary: Tensor | None = None  # float64 [first bad batch or inf, bad batches], on the marks' device
 
     def update(self, y: Tensor, invalid: Tensor | None = None) -> None:
@@ -196,8 +197,13 @@ class FiniteCheck:
         if invalid is not None:
             mark = (torch.where(invalid, float("nan"), mark[0]), mark[1])
         self._marks.append(mark)
-        self.shapes.append(tuple(y.shape))
+        if not self._shapes or self._shapes[-1][1] != tuple(y.shape):
+            self._shapes.append((self.nbatches, tuple(y.shape)))
         self.nbatches += 1
+
+    def shape_of(self, batch: int) -> tuple[int, ...]:
+        "The shape of batch number `batch` since the last check."
+        return next(shape for start, shape in reversed(self._shapes) if start <= batch)
 
     def _fold(self) -> None:
         if not self._marks:
@@ -218,12 +224,12 @@ class FiniteCheck:
         if self._summary is None:
             return
         first, nbad = (float(v) for v in self._summary.tolist())
-        nbatches, shapes = self.nbatches, self.shapes
+        nbatches, shape = self.nbatches, self.shape_of(int(first)) if nbad else None
         self.reset()
         if nbad:
             raise ValueError(
                 f"{self.who}: {int(nbad)} of the {nbatches} batches since the last check held {self.what}; the "
-                f"first is batch {int(first)} (counting from 0) of shape {shapes[int(first)]}"
+                f"first is batch {int(first)} (counting from 0) of shape {shape}"
             )
 
 
