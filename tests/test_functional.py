@@ -220,14 +220,17 @@ def test_check_finite_callback_raises_at_the_end_of_an_epoch():
 # -- no host reads, from the first call ---------------------------------------------------------------------
 
 
+# Test data is made on the CPU and copied without waiting for the device (non_blocking: no sync of its own),
+# so that on CUDA the guard's sync debug mode sees only the code under test.
 def spec(device, b=3, f=12, t=40, linear=False, **meta):
     g = torch.Generator().manual_seed(5)
     x = torch.rand(b, 1, f, t, generator=g) if linear else torch.randn(b, 1, f, t, generator=g) * 15 - 50
-    return AudioSpectrogram(x.to(device), sr=16000, hop_length=160, **meta)
+    return AudioSpectrogram(x.to(device, non_blocking=True), sr=16000, hop_length=160, **meta)
 
 
 def wave(device, b=2, n=1600):
-    return AudioTensor(torch.randn(b, 1, n, generator=torch.Generator().manual_seed(6)).to(device) * 0.1, sr=16000)
+    x = torch.randn(b, 1, n, generator=torch.Generator().manual_seed(6)) * 0.1
+    return AudioTensor(x.to(device, non_blocking=True), sr=16000)
 
 
 def per_row(**kw):
