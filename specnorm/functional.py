@@ -331,7 +331,7 @@ def standardize(x: Tensor, dims: Sequence[int] = (-2, -1), eps: float = AUDIO_SI
     std, mean = torch.std_mean(x, dim=tuple(dims), correction=0, keepdim=True)
     silent = std <= eps * mean.abs().clamp_min(1)
     scale = torch.where(silent, 0.0, 1 / std.clamp_min(torch.finfo(std.dtype).tiny))
-    return (x - mean) * scale
+    return torch.sub(x, mean).mul_(scale)
 
 
 # -- exact statistics -------------------------------------------------------------------------------------
@@ -531,7 +531,7 @@ def instance_norm(
         total = torch.where(mask, x, 0).sum(dims, keepdim=True, dtype=_accumulator_dtype(x))
         mean = (total / count).to(x.dtype)
         var = torch.where(mask, (x - mean) ** 2, 0).sum(dims, keepdim=True) / count
-    out = (x - mean) / var.sqrt().clamp(min=eps)
+    out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))  # in place: one batch-sized buffer, not two
     if mask is not None:
         out = torch.where(mask, out, 0)
     return (out[0] if item else out).to(out_dtype)
