@@ -14,7 +14,7 @@ def run(device="cpu", smoke=False):
     from fastai.learner import Learner
     from fastai.vision.models.xresnet import xresnet18
 
-    from specnorm.all import AudioSpectrogram, SpecNormalize, StatsRecorder, make_xresnet_grayscale
+    from specnorm.all import CHANNEL_AXES, AudioSpectrogram, SpecNormalize, StatsRecorder, make_xresnet_grayscale
 
     # A training set's worth of ready spectrogram batches, so the epoch times the model and the normalizer only.
     n_batches, shape = (2, (4, 1, 32, 40)) if smoke else (10, (32, 1, 201, 161))
@@ -27,7 +27,7 @@ def run(device="cpu", smoke=False):
         for _ in range(n_batches)
     ]
     labels = [torch.randint(0, 10, (shape[0],), generator=gen).to(device) for _ in range(n_batches)]
-    rec = StatsRecorder((0, 1, 3))
+    rec = StatsRecorder(CHANNEL_AXES)
     for x in batches:
         rec.update(x)
     norm = SpecNormalize.from_stats(rec)

@@ -2,6 +2,7 @@
 
 import torch
 
+from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
 from specnorm.stats import StatsRecorder
 
 from .common import markdown_table, timeit
@@ -32,23 +33,45 @@ class PooledStdRecorder:
         self.nobservations += n
 
 
+def cuda_kernels(fn):
+    "CUDA kernels one call of `fn` launches (torch.profiler), after a warm-up call."
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def run(device="cpu", smoke=False):
-    shape = (4, 1, 33, 51) if smoke else (64, 1, 201, 401)
+    cuda = torch.device(device).type == "cuda"
+    shapes = [(4, 1, 33, 51)] if smoke else [(64, 1, 201, 401)] + ([(256, 1, 201, 401)] if cuda else [])
     repeat = 3 if smoke else 9
     torch.manual_seed(0)
-    x = (torch.randn(shape, device=device) * 20 - 50).contiguous()  # dB-like spectrogram batch
     rows = []
-    for name, dims in (("global (0,2,3)", (0, 2, 3)), ("per frequency (0,1,3)", (0, 1, 3))):
-        rec, pooled = StatsRecorder(dims), PooledStdRecorder(dims)
-        rec.update(x), pooled.update(x)  # steady state: every timed call folds into existing statistics
-        base = timeit(lambda: torch.var_mean(x, dims, correction=0, keepdim=True), device, repeat=repeat)
-        ours = timeit(lambda: rec.update(x), device, repeat=repeat)
-        ref = timeit(lambda: pooled.update(x), device, repeat=repeat)
-        rows.append((name, "1.00", f"{ours / base:.2f}", f"{ref / base:.2f}"))
+    for shape in shapes:
+        x = (torch.randn(shape, device=device) * 20 - 50).contiguous()  # dB-like spectrogram batch
+        for name, dims in (("global (0,2,3)", GLOBAL_AXES), ("per frequency (0,1,3)", CHANNEL_AXES)):
+            rec, pooled = StatsRecorder(dims), PooledStdRecorder(dims)
+            rec.update(x), pooled.update(x)  # steady state: every timed call folds into existing statistics
+            base = timeit(lambda: torch.var_mean(x, dims, correction=0, keepdim=True), device, repeat=repeat)
+            ours = timeit(lambda: rec.update(x), device, repeat=repeat)
+            ref = timeit(lambda: pooled.update(x), device, repeat=repeat)
+            row = [f"`{list(shape)}`, {name}", "1.00", f"{ours / base:.2f}", f"{ref / base:.2f}"]
+            if cuda:
+                row.append(str(cuda_kernels(lambda: rec.update(x))))
+            rows.append(tuple(row))
+    header = ("batch, dims", "torch.var_mean", "StatsRecorder.update", "reference recorder")
+    header += ("CUDA kernels per update",) if cuda else ()
     return (
-        f"### StatsRecorder.update\n\nTime of one `update` on a float32 `{list(shape)}` batch on {device}, "
+        f"### StatsRecorder.update, {device}\n\nTime of one `update` on a float32 batch on {device}, "
         "as a multiple of one float32 `torch.var_mean` over the same batch and dims (lower is faster). "
-        "`StatsRecorder` is exact (float64 combination, NaN/Inf counted on the device); the reference "
-        "workflow's pooled-std recorder is float32 and counts batch items.\n\n"
-        + markdown_table(("dims", "torch.var_mean", "StatsRecorder.update", "reference recorder"), rows)
+        "`StatsRecorder` is exact at any finite magnitude (values scaled by a power of two, float64 "
+        "combination, NaN/Inf counted on the device, no host sync); the reference workflow's pooled-std "
+        "recorder is float32 and counts batch items."
+        + (" On CUDA, the kernels one `update` launches, counted with `torch.profiler`." if cuda else "")
+        + "\n\n"
+        + markdown_table(header, rows)
     )

@@ -9,6 +9,7 @@ from .config import *
 from .data import *
 from .drift import *
 from .experiment import *
+from .functional import CHANNEL_AXES, GLOBAL_AXES, PCEN_DEFAULTS, FiniteCheck  # noqa: F401
 from .instance import *
 from .normalize import *
 from .pcen import *

@@ -297,12 +297,10 @@ class AudioSpectrogram(_KeepsMeta, TensorImageBase):
             ax.set_yticklabels([f"{freqs[t]:.0f}" for t in ticks])
             ax.set_ylabel("mel frequency (Hz)" if getattr(self, "mel", False) else "frequency (Hz)")
         if colorbar:
+            unit = "dB" if getattr(self, "to_db", False) else "value"
+            centred = getattr(self, "centred", False)  # mean removed, units kept (SlidingSpecNorm without norm_vars)
             label = (
-                "standardized"
-                if getattr(self, "standardized", False)
-                else "dB"
-                if getattr(self, "to_db", False)
-                else "value"
+                "standardized" if getattr(self, "standardized", False) else f"{unit}, mean removed" if centred else unit
             )
             ax.figure.colorbar(im, ax=ax, label=label)
         if title is not None:

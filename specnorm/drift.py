@@ -7,9 +7,11 @@ normalization in deployment. `NormDriftMonitor` records the statistics of new da
 `StatsRecorder` and compares them, per frequency channel, with the training statistics: the
 standardized mean shift `d = (mean_new - mean_train) / std_train`, the variance ratio
 `r = var_new / var_train`, and their Gaussian Kullback-Leibler divergence
-`KL = (r - 1 - log r + d**2) / 2` (nats; 0 when nothing changed). The summary score is the mean
-KL over channels; `threshold` (0.1 by default: a shift of 0.45 std, or a variance ratio of 1.6,
-in every channel) decides what is flagged.
+`KL = (r - 1 - log r + d**2) / 2` (nats; 0 when nothing changed; `specnorm.functional.gaussian_kl`).
+Both standard deviations are floored as `SpecNormalize` floors std (`specnorm.functional.floor_std`,
+`eps * |mean_train|`), so a constant training channel compared with new data that jitters by 1e-3 dB
+scores ~0, not 1e30. The summary score is the mean KL over channels; `threshold` (0.1 by default:
+a shift of 0.45 std, or a variance ratio of 1.6, in every channel) decides what is flagged.
 """
 
 import copy
@@ -23,6 +25,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import TensorImageBase
 
 from .distributed import is_distributed, rank
+from .functional import CHANNEL_AXES, SPEC_STD_EPS, floor_std, gaussian_kl
 from .normalize import SpecNormalize
 from .progress import progress_bar
 from .stats import StatsRecorder
@@ -96,6 +99,7 @@ class NormDriftMonitor(Callback):
             `reference`, the `axes` of the pipeline's `SpecNormalize`, so like is compared with like.
         threshold (float): mean KL divergence (nats) above which the report is flagged.
         warn (bool): issue a `UserWarning` when flagged.
+        eps (float): relative floor on both stds (`floor_std`, as `SpecNormalize` floors std).
 
     Shape:
         spectrogram batches `[B, C, F, T]`.
@@ -112,8 +116,16 @@ class NormDriftMonitor(Callback):
 
     order = 50  # after the batch exists, independent of other callbacks
 
-    def __init__(self, reference=None, red_dims=(0, 1, 3), threshold=DRIFT_THRESHOLD, warn=True):
+    def __init__(
+        self,
+        reference: StatsRecorder | SpecNormalize | None = None,
+        red_dims: tuple[int, ...] = CHANNEL_AXES,
+        threshold: float = DRIFT_THRESHOLD,
+        warn: bool = True,
+        eps: float = SPEC_STD_EPS,
+    ):
         self.reference, self.red_dims, self.threshold, self.warn = reference, tuple(red_dims), threshold, warn
+        self.eps = eps
         self.new_stats, self.report, self.normalizer = None, None, None
 
     # -- recording -----------------------------------------------------------------------------------
@@ -137,7 +149,7 @@ class NormDriftMonitor(Callback):
         self.new_stats.update(x)
         return self
 
-    def scan(self, dl, progress=False):
+    def scan(self, dl, progress: bool = False) -> DriftReport:
         "Record every batch of `dl` (any iterable of batches or `(x, y)` tuples) and return the `DriftReport`."
         self.reset(_find_normalizer(dl))
         with torch.no_grad():
@@ -169,17 +181,25 @@ class NormDriftMonitor(Callback):
             )
         return norm.mean, norm.std.square()
 
-    def compare(self):
+    def compare(self) -> DriftReport:
         """The `DriftReport` of the data recorded so far (also kept as `.report`). Under torch.distributed
         it covers every rank's data (every rank must call it: it all-reduces), and only rank 0 warns."""
         ref_mean, ref_var = (t.double() for t in self._reference_stats())
         # Under torch.distributed each rank recorded its share: report on all of them (a collective).
         new = copy.deepcopy(self.new_stats).all_reduce() if is_distributed() else self.new_stats
         new_mean, new_var = new.mean.double().cpu(), new.var.double().cpu()
-        tiny = torch.finfo(torch.float32).tiny
-        shift = (new_mean - ref_mean) / ref_var.clamp(min=tiny).sqrt()
-        ratio = new_var.clamp(min=tiny) / ref_var.clamp(min=tiny)
-        kl = (ratio - 1 - ratio.log() + shift.square()) / 2
+        try:
+            torch.broadcast_shapes(ref_mean.shape, new_mean.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"NormDriftMonitor: the new data's statistics have shape {tuple(new_mean.shape)} but the training "
+                f"statistics have shape {tuple(ref_mean.shape)}: a different number of channels (frequency rows)? "
+                "Compare spectrograms made with the same settings"
+            ) from None
+        std_ref = floor_std(ref_mean, ref_var.sqrt(), self.eps)
+        shift = (new_mean - ref_mean) / std_ref
+        ratio = (floor_std(ref_mean, new_var.sqrt(), self.eps) / std_ref).square()
+        kl = gaussian_kl(new_mean, new_var, ref_mean, ref_var, self.eps)
         shift, ratio, kl = (t.flatten().numpy() for t in torch.broadcast_tensors(shift, ratio, kl))
         self.report = DriftReport(shift, ratio, kl, float(kl.mean()), self.threshold, new.frequencies())
         if self.warn and self.report.flagged and rank() == 0:

@@ -10,9 +10,16 @@ batch, and the transform is one fused pass, `x * (1 / std) + (-mean / std)`.
 
 `AudioNormalize` standardizes each waveform with its own mean and std: the per-item
 `(x - mean(x)) / std(x)` of the reference fastaudio ESC-50 workflow, with silence defined as zeros.
+
+The math is `specnorm.functional` (`affine_params`/`normalize`, `standardize`). Neither transform reads
+a value on the host: NaN/Inf outputs are counted on the device (`specnorm.functional.FiniteCheck`) and
+raised by `check()`, which the `CheckFinite` callback calls after every epoch and validation pass.
 """
 
+from collections.abc import Sequence
+
 import torch
+from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.data.transforms import DisplayedTransform, Normalize
@@ -20,16 +27,19 @@ from fastai.torch_core import TensorImage, TensorImageBase, TensorMask
 from fasttransform import Pipeline
 
 from .audio import AudioTensor
+from .functional import (
+    AUDIO_SILENCE_EPS,
+    GLOBAL_AXES,
+    SPEC_STD_EPS,
+    FiniteCheck,
+    affine_params,
+    check_axes,
+    check_eps,
+    floor_std,
+    standardize,
+)
 
-__all__ = ["AudioNormalize", "SpecNormalize"]
-
-# The fused form's rounding error is about one float32 ulp of |mean| / std, so std is floored
-# relative to |mean|: with 1e-3 the error stays below ~1e-4 (in units of std) and a constant dB row
-# maps to ~0 instead of amplified rounding noise. For dB data it is a floor of 0.1 dB at -100 dB.
-SPEC_STD_EPS = 1e-3
-# An item (or channel) with std <= 1e-6 * max(1, |mean|) is silence: -120 dBFS, under the quantization
-# noise of 16-bit audio (~-101 dBFS, which is normalized like any signal) and far above float32 rounding.
-AUDIO_SILENCE_EPS = 1e-6
+__all__ = ["AUDIO_SILENCE_EPS", "SPEC_STD_EPS", "AudioNormalize", "CheckFinite", "SpecNormalize"]
 # Per-device caches of expanded scale/shift are dropped beyond this many batch shapes.
 _MAX_CACHED = 8
 
@@ -41,7 +51,7 @@ def _as_plain(v):
     return torch.as_tensor(v, dtype=torch.float32)
 
 
-def _stat_shape(v, axes, name):
+def _as_statistic(v, axes, name):
     "`v` as a 4-D statistic `[1, ...]`, size 1 on every dim in `axes`."
     v = _as_plain(v)
     if v.ndim == 4:
@@ -64,10 +74,6 @@ def _stat_shape(v, axes, name):
     )
 
 
-def _count_bad(x):
-    return int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-
-
 def _stats_loader(dl, tfms):
     "A loader over all of `dl`'s items (in order, none dropped) applying only the batch transforms `tfms`."
     # `DataLoader.new`, not `TfmdDL.new`: the latter runs (and caches types from) the half-set-up pipeline.
@@ -84,7 +90,8 @@ class SpecNormalize(Normalize):
     pass through untouched (fastai type dispatch), as do masks.
 
     Statistics are plain float32 CPU tensors (`.mean`, `.std`); the `scale = 1 / std` and
-    `shift = -mean / std` of the fused pass are computed once and cached per device and batch shape.
+    `shift = -mean / std` of the fused pass (`specnorm.functional.affine_params`) are computed once and
+    cached per device and batch shape, so no batch reads a value on the host, the first one included.
     `std` is floored at `eps * |mean|` so a constant channel maps to ~0, never Inf; a channel whose
     floored std is still 0 (all zeros, or constant with `eps=0`) is only centred. `decodes` is the
     exact inverse, so `show_batch` shows dB.
@@ -96,13 +103,15 @@ class SpecNormalize(Normalize):
     Args:
         mean, std: statistics: numbers, vectors for the one kept dim, or 4-D tensors with size 1 on
             `axes` (as `StatsRecorder.mean`/`.std` give). `None` (both): computed in `setups`.
-        axes (tuple): the reduced dims: `(0, 2, 3)` one value per channel (global for mono),
-            `(0, 1, 3)` one value per frequency row.
-        eps (float): relative floor on std (`SPEC_STD_EPS = 1e-3`).
+        axes (tuple): the reduced dims: `GLOBAL_AXES = (0, 2, 3)` one value per channel (global for mono),
+            `CHANNEL_AXES = (0, 1, 3)` one value per frequency row.
+        eps (float): relative floor on std (`SPEC_STD_EPS = 1e-3`), a finite number >= 0.
         fraction (float): share of the training items `setups` reads (a random subset, `compute_stats`).
         progress (bool): progress bar while `setups` computes statistics.
-        check_finite (bool): raise `ValueError` when a normalized batch holds NaN or Inf. It costs one
-            sum over the output (and a device sync per batch on CUDA); `False` skips it.
+        check_finite (bool): count the normalized batches that hold NaN or Inf, on the device (one
+            min-max reduction per batch, no host sync); `check()` raises naming the first of them, and
+            the `CheckFinite` callback calls it after every epoch and validation pass. `False` skips it.
+        red_dims (tuple): `StatsRecorder`'s name for `axes`, accepted as an alias.
 
     Shape:
         `[B, C, F, T]` batches (or `[C, F, T]` items) -> same shape.
@@ -119,22 +128,30 @@ class SpecNormalize(Normalize):
     """
 
     def __init__(
-        self, mean=None, std=None, axes=(0, 2, 3), eps=SPEC_STD_EPS, fraction=1.0, progress=True, check_finite=True
+        self,
+        mean=None,
+        std=None,
+        axes: Sequence[int] = GLOBAL_AXES,
+        eps: float = SPEC_STD_EPS,
+        fraction: float = 1.0,
+        progress: bool = True,
+        check_finite: bool = True,
+        red_dims: Sequence[int] | None = None,
     ):
         DisplayedTransform.__init__(self)
-        axes = tuple(sorted(int(a) % 4 for a in axes))
-        if not axes or len(set(axes)) != len(axes) or 0 not in axes:
-            raise ValueError(
-                f"axes must be distinct dims of a [B, C, F, T] batch including the batch dim 0, got {axes}"
-            )
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        if red_dims is not None:  # StatsRecorder's name for the same idea, accepted as an alias
+            axes = red_dims
+        axes = check_axes(axes, 4)
+        if 0 not in axes:
+            raise ValueError(f"axes must include the batch dim 0 (statistics of a training set), got {axes}")
+        eps = check_eps(eps)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         self.axes, self.eps, self.fraction = axes, eps, fraction
         self.progress, self.check_finite = progress, check_finite
         self._mean = self._std = None
         self._cache = {}
+        self.finite = FiniteCheck(type(self).__name__)
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (then setups computes them)")
         if mean is not None:
@@ -164,14 +181,14 @@ class SpecNormalize(Normalize):
     def set_stats(self, mean, std):
         "Set the statistics (either may be `None` while the other is being set); clears the device cache."
         self._cache = {}
-        self._mean = None if mean is None else _stat_shape(mean, self.axes, "mean")
-        self._std = None if std is None else _stat_shape(std, self.axes, "std")
+        self._mean = None if mean is None else _as_statistic(mean, self.axes, "mean")
+        self._std = None if std is None else _as_statistic(std, self.axes, "std")
         if not self.has_stats:
             return
         for name, v in (("mean", self._mean), ("std", self._std)):
-            nan, inf = _count_bad(v)
-            if nan or inf:
-                raise ValueError(f"SpecNormalize: {name} holds {nan} NaN and {inf} Inf values")
+            bad = int((~torch.isfinite(v)).sum())  # statistics are set once, on the CPU: reading them is free
+            if bad:
+                raise ValueError(f"SpecNormalize: {name} holds {bad} NaN or Inf values")
         if (self._std < 0).any():
             raise ValueError(f"SpecNormalize: std must be >= 0, got min {self._std.min().item()}")
         try:
@@ -181,12 +198,13 @@ class SpecNormalize(Normalize):
                 f"mean {tuple(self._mean.shape)} and std {tuple(self._std.shape)} do not broadcast"
             ) from None
         mean, std = self._mean.double().expand(shape), self._std.double().expand(shape)
-        floor = self.eps * mean.abs()
-        std = torch.where(std > floor, std, floor)
-        std = torch.where(std > 0, std, torch.ones_like(std))  # an all-zero channel: nothing to scale
-        std = std.clamp_min(1 / torch.finfo(torch.float32).max)  # 1 / std stays finite
-        self._scale, self._shift = (1 / std).float(), (-mean / std).float()
-        self._dscale, self._dshift = std.float(), mean.float().contiguous()
+        self._scale, self._shift = affine_params(mean, std, self.eps)
+        self._dscale = floor_std(mean, std, self.eps).clamp_min(1 / torch.finfo(torch.float32).max).float()
+        self._dshift = mean.float().contiguous()
+        # One global value: python floats (read here, once, on the CPU); the pass is `shift + scale * x`.
+        pairs = {False: (self._scale, self._shift), True: (self._dscale, self._dshift)}
+        one = self._scale.numel() == 1
+        self._scalars = {d: (float(a), float(b)) for d, (a, b) in pairs.items()} if one else None
 
     @classmethod
     def from_stats(cls, stats, std=None, axes=None, **kwargs):
@@ -201,12 +219,12 @@ class SpecNormalize(Normalize):
             if not all(hasattr(stats, a) for a in ("mean", "std")):
                 raise TypeError(f"from_stats takes a StatsRecorder or (mean, std), got {type(stats).__name__}")
             if axes is None:
-                axes = getattr(stats, "red_dims", None) or (0, 2, 3)
+                axes = getattr(stats, "red_dims", None) or GLOBAL_AXES
             return cls(stats.mean, stats.std, axes=axes, **kwargs)
-        return cls(stats, std, axes=(0, 2, 3) if axes is None else axes, **kwargs)
+        return cls(stats, std, axes=GLOBAL_AXES if axes is None else axes, **kwargs)
 
     @classmethod
-    def from_dls(cls, dls, axes=(0, 2, 3), fraction=1.0, progress=True, **kwargs):
+    def from_dls(cls, dls, axes=GLOBAL_AXES, fraction=1.0, progress=True, **kwargs):
         """Statistics from the training split of `dls`, through its batch transforms before normalization.
 
         Example:
@@ -258,12 +276,14 @@ class SpecNormalize(Normalize):
                 "SpecNormalize has no statistics: pass mean and std, use from_stats/from_dls, "
                 "or put it in a DataBlock's batch_tfms so setups computes them"
             )
-        scale, shift = (self._dscale, self._dshift) if decode else (self._scale, self._shift)
-        if scale.numel() == 1:
+        if self._scalars is not None:
             key = (decode, x.device, x.dtype)
-            if key not in self._cache:
-                self._cache[key] = (scale.item(), shift.to(x.device, x.dtype).reshape(()))
+            if key not in self._cache:  # the shift as a 0-d tensor filled on the device: no copy, no sync
+                scale, shift = self._scalars[decode]
+                # (empty + fill_, not torch.full: a 0-d torch.full operand makes torch.add 9x slower on the CPU)
+                self._cache[key] = (scale, torch.empty((), dtype=x.dtype, device=x.device).fill_(shift))
             return self._cache[key]
+        scale, shift = (self._dscale, self._dshift) if decode else (self._scale, self._shift)
         for d, n in enumerate(scale.shape):
             if n != 1 and n != x.shape[d]:
                 raise ValueError(
@@ -278,15 +298,15 @@ class SpecNormalize(Normalize):
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             shape = (1,) + tuple(x.shape[1:])
-            self._cache[key] = tuple(v.to(x.device, x.dtype).expand(shape).contiguous() for v in (scale, shift))
+            # Expanded on the CPU, then one host-to-device copy that does not wait for the device (no sync).
+            self._cache[key] = tuple(
+                v.to(dtype=x.dtype).expand(shape).contiguous().to(x.device, non_blocking=True) for v in (scale, shift)
+            )
         return self._cache[key]
 
-    def to(self, device):
-        "Called by fastai when the DataLoaders move: warm the global-statistics cache for `device`."
-        if device is not None and self.has_stats and self._scale.numel() == 1:
-            for decode in (False, True):
-                self._params(torch.empty(0, device=device), decode)
-        return self
+    def check(self) -> None:
+        "Raise if a batch normalized since the last check held NaN or Inf (reads device counts: one host sync)."
+        self.finite.check()
 
     def __getstate__(self):
         # Pickled (Learner.export) with CPU statistics only; device copies are rebuilt on use.
@@ -301,16 +321,13 @@ class SpecNormalize(Normalize):
             raise ValueError(f"SpecNormalize takes [B, C, F, T] batches or [C, F, T] items, got shape {tuple(t.shape)}")
         batch = t if t.ndim == 4 else t[None]
         scale, shift = self._params(batch, decode)
-        y = torch.add(shift, batch, alpha=scale) if isinstance(scale, float) else torch.addcmul(shift, batch, scale)
+        if isinstance(scale, float):
+            y = torch.add(shift, batch, alpha=scale)
+        else:
+            y = torch.addcmul(shift, batch, scale)
         y = y if t.ndim == 4 else y[0]
-        if self.check_finite and not decode and not torch.isfinite(y.sum()):
-            nan, inf = _count_bad(y)
-            if nan or inf:
-                bad_in = sum(_count_bad(t))
-                raise ValueError(
-                    f"SpecNormalize: the normalized batch of shape {tuple(t.shape)} holds {nan} NaN and "
-                    f"{inf} Inf values ({bad_in} non-finite values in the input)"
-                )
+        if self.check_finite and not decode:
+            self.finite.update(y)
         y = y.as_subclass(type(x))
         y.set_meta(x, as_copy=True)
         y.standardized = not decode  # so plots label standardized values as such, not as dB
@@ -340,9 +357,10 @@ class AudioNormalize(DisplayedTransform):
 
     An item transform for `item_tfms` (the class or an instance). The std is the population std
     (divisor n), so each output has std exactly 1. Silence (std <= `eps * max(1, |mean|)`, e.g. all
-    zeros or a constant) becomes zeros; NaN or Inf samples raise a `ValueError` that counts them
-    (the check reads only the per-item statistics, so it is free). The sample rate and other
-    metadata are kept. On a batch `[B, C, T]` each item gets its own statistics.
+    zeros or a constant) becomes zeros. NaN or Inf samples make the item's output NaN; outputs are
+    checked on the device (no host read) and `check()` raises naming the first bad item. In DataLoader
+    workers the counts stay in the workers, and the NaN reaches `AudioToSpec`, whose check reports it.
+    The sample rate and other metadata are kept. On a batch `[B, C, T]` each item gets its own statistics.
 
     `order = 20`: after `Resample` (11), `DownmixMono` (10) and `ResizeSignal` (12), so the
     statistics are those of exactly the samples the model sees (after cropping and padding).
@@ -366,27 +384,60 @@ class AudioNormalize(DisplayedTransform):
 
     order = 20
 
-    def __init__(self, per_channel=False, eps=AUDIO_SILENCE_EPS):
+    def __init__(self, per_channel: bool = False, eps: float = AUDIO_SILENCE_EPS):
         super().__init__()
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.per_channel, self.eps = per_channel, eps
+        self.per_channel, self.eps = per_channel, check_eps(eps)
+        self.finite = FiniteCheck(type(self).__name__)
+
+    def check(self) -> None:
+        "Raise if a signal since the last check held NaN or Inf (reads device counts: one host sync)."
+        self.finite.check()
 
     def encodes(self, x: AudioTensor):
-        t = x.as_subclass(torch.Tensor)
-        if not t.is_floating_point():
-            t = t.float()
-        if t.shape[-1] == 0:
-            raise ValueError(f"AudioNormalize: got an empty signal of shape {tuple(t.shape)}")
-        dims = (-1,) if self.per_channel else (-2, -1)
-        std, mean = torch.std_mean(t, dim=dims, correction=0, keepdim=True)
-        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
-            nan, inf = _count_bad(t)
-            raise ValueError(
-                f"AudioNormalize: the signal of shape {tuple(t.shape)} holds {nan} NaN and {inf} Inf values"
-            )
-        silent = std <= self.eps * mean.abs().clamp_min(1)
-        scale = torch.where(silent, torch.zeros_like(std), 1 / std.clamp_min(torch.finfo(std.dtype).tiny))
-        y = ((t - mean) * scale).as_subclass(type(x))
+        if x.shape[-1] == 0:
+            raise ValueError(f"AudioNormalize: got an empty signal of shape {tuple(x.shape)}")
+        y = standardize(x, (-1,) if self.per_channel else (-2, -1), self.eps)
+        self.finite.update(y)
+        y = y.as_subclass(type(x))
         y.set_meta(x, as_copy=True)
         return y
+
+
+def _checked_transforms(learn):
+    "Every transform with a `FiniteCheck` in the learner's DataLoaders (item and batch pipelines)."
+    seen, found = set(), []
+    for dl in getattr(learn, "dls", None) or []:
+        for pipe in (getattr(dl, name, None) for name in ("after_item", "before_batch", "after_batch")):
+            for t in getattr(pipe, "fs", []):
+                if isinstance(getattr(t, "finite", None), FiniteCheck) and id(t) not in seen:
+                    seen.add(id(t))
+                    found.append(t)
+    return found
+
+
+class CheckFinite(Callback):
+    """Raise the deferred NaN/Inf errors of the DataLoaders' transforms where training already syncs.
+
+    The transforms of specnorm (`SpecNormalize`, `InstanceSpecNorm`, `SlidingSpecNorm`, `PCEN`,
+    `AudioNormalize`, `ShortTimeAudioNormalize`, `AudioToSpec`) count bad batches on the device, with
+    no per-batch host sync. This callback reads those counts after every training epoch and every
+    validation pass (`get_preds` included) and raises the first transform's `ValueError`, which names
+    the transform, how many batches since the last check were bad, the first of them (counting from 0)
+    and its shape. Item transforms running in DataLoader workers keep their counts in the workers;
+    their NaN outputs reach the batch transforms, whose checks report them.
+
+    Example:
+        >>> learn = Learner(dls, model, cbs=CheckFinite())  # doctest: +SKIP
+    """
+
+    order = 90  # after the recorders and metrics, before the progress output of the next epoch
+
+    def _check(self):
+        for t in _checked_transforms(self.learn):
+            t.check()
+
+    def after_epoch(self):
+        self._check()
+
+    def after_validate(self):
+        self._check()

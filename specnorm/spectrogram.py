@@ -3,8 +3,11 @@
 They wrap torchaudio's `Spectrogram`, `MelSpectrogram`, `AmplitudeToDB` and `MFCC`, and work on an
 item `[C, T]` or, as fastai batch transforms, on a batch `[B, C, T]` on whatever device it is on:
 computing spectrograms on GPU batches instead of precomputing images is the point (fastaudio's design).
+Neither reads a value on the host: spectrograms with NaN or Inf (e.g. from samples of 1e20, whose
+power overflows float32) are counted on the device and reported by `check()` (`FiniteCheck`).
 """
 
+import copy
 import inspect
 import warnings
 from dataclasses import fields, is_dataclass
@@ -15,6 +18,7 @@ import torchaudio.transforms as T
 from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
+from .functional import FiniteCheck
 
 __all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "get_usable_kwargs"]
 
@@ -80,7 +84,15 @@ class AudioToSpec(DisplayedTransform):
         settings.pop("stype", None)  # follows the spectrogram's power (2: power, 1: magnitude)
         settings = {k: v for k, v in settings.items() if k in accepted}
         self.mel, self.to_db, self.top_db, self.settings = mel, to_db, top_db, settings
-        self._pipes = {}  # one torchaudio pipeline per device, built on first use there
+        # Built here, on the CPU (torchaudio reads its filterbank on the host), and copied to a device on first
+        # use there without waiting for it: the transform itself never syncs.
+        self._cpu_pipe = self._build()
+        self._pipes = {}
+        self.finite = FiniteCheck(type(self).__name__)
+
+    def check(self) -> None:
+        "Raise if a spectrogram made since the last check held NaN or Inf (reads device counts: one host sync)."
+        self.finite.check()
 
     @classmethod
     def from_cfg(cls, cfg):
@@ -101,8 +113,10 @@ class AudioToSpec(DisplayedTransform):
         return nn.Sequential(spec, T.AmplitudeToDB(stype=stype, top_db=self.top_db))
 
     def _pipe(self, device):
+        if device.type == "cpu":
+            return self._cpu_pipe
         if device not in self._pipes:
-            self._pipes[device] = self._build().to(device)
+            self._pipes[device] = copy.deepcopy(self._cpu_pipe).to(device, non_blocking=True)
         return self._pipes[device]
 
     def _check_input(self, x):
@@ -120,10 +134,11 @@ class AudioToSpec(DisplayedTransform):
         pipe = self._pipe(x.device)
         with torch.autocast(x.device.type, enabled=False):  # the dB log needs float32 range
             spec = pipe(x.as_subclass(torch.Tensor))
+        self.finite.update(spec)
         return AudioSpectrogram(spec, sr=x.sr, **self.meta)
 
     def __getstate__(self):
-        # Pipelines are rebuilt on the loading side; they may live on a GPU the loader lacks.
+        # Device pipelines are copied again on the loading side; they may live on a GPU the loader lacks.
         return {k: v for k, v in self.__dict__.items() if k != "_pipes"} | {"_pipes": {}}
 
 

@@ -14,8 +14,12 @@ so the result is a float64 two-pass over all the data, whatever the batch sizes,
 merge tree. (The recorder of the reference fastai audio workflow pools per-batch means and unbiased
 stds weighted by batch items, in float32: it drifts when batches differ in size or length.)
 
-No host synchronisation in `update`: it never reads a tensor value on the host, so on a GPU it only
-queues kernels. NaN/Inf values are therefore counted on the device, batch by batch, and with
+The per-batch math is `specnorm.functional.moments` (values scaled by a power of two first, so float32
+data of any finite magnitude, denormals to 3e38, give exact statistics; 32/64-bit integers are read as
+float64) and `specnorm.functional.combine_moments`.
+
+No host synchronisation in `update`, from the first call on: it never reads a tensor value on the host,
+so on a GPU it only queues kernels. NaN/Inf values are therefore counted on the device, batch by batch, and with
 `nan_policy='raise'` (the default) the ValueError naming the first offending batch and the counts is
 raised when statistics are next read (`mean`, `std`, `var`, `state_dict`, `save`, `merge`,
 `all_reduce`), not inside `update`. `nan_policy='omit'` leaves non-finite values out of every count.
@@ -26,9 +30,11 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +48,7 @@ from torch.utils.data import DistributedSampler
 
 from .audio import AudioSpectrogram
 from .distributed import STATUS_EVERY, agree, is_distributed, rank, shard, world_size
+from .functional import CHANNEL_AXES, GLOBAL_AXES, combine_moments, moments
 from .progress import progress_bar
 
 __all__ = ["StatsRecorder", "compute_stats"]
@@ -51,20 +58,7 @@ _FORMAT = "specnorm.StatsRecorder/2"  # /2: the checksum covers the settings too
 _MAX_DIMS = 8  # all_reduce exchanges batch shapes and red_dims in a fixed-size header
 
 
-def _chan(a, b):
-    "Combine two float64 (count, mean, M2) triples elementwise (Chan et al.'s pairwise update)."
-    (na, ma, m2a), (nb, mb, m2b) = a, b
-    n = na + nb
-    w = nb / n.clamp(min=1)  # statistics nobody has counted yet keep weight 0 instead of 0/0
-    delta = mb - ma
-    return n, ma + delta * w, m2a + m2b + delta * delta * na * w
-
-
-def _sum64(t, dims):
-    "Sum over `dims` in float64: the last dim first in `t`'s dtype (short, contiguous, fast), the rest in float64."
-    if t.ndim - 1 in dims and t.shape[-1] > 1:
-        t, dims = t.sum(-1, keepdim=True), tuple(d for d in dims if d != t.ndim - 1)
-    return t.double().sum(dims, keepdim=True) if dims else t.double()
+_chan = combine_moments  # Chan et al.'s pairwise update of float64 (count, mean, M2) triples
 
 
 def _check_config(red_dims, correction, nan_policy):
@@ -75,7 +69,7 @@ def _check_config(red_dims, correction, nan_policy):
         raise ValueError(f"red_dims {dims} repeats a dim")
     if nan_policy not in ("raise", "omit"):
         raise ValueError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
-    if not isinstance(correction, (int, float)) or correction < 0:
+    if not isinstance(correction, (int, float)) or isinstance(correction, bool) or not 0 <= correction < math.inf:
         raise ValueError(f"correction must be a number >= 0 (0: population, 1: unbiased), got {correction!r}")
     return dims
 
@@ -220,8 +214,9 @@ class StatsRecorder:
     """Exact mean, variance and std of every batch seen, reduced over `red_dims`.
 
     Args:
-        red_dims (tuple of int): dims to reduce. `(0, 2, 3)` on `[batch, channel, freq, time]` spectrograms
-            gives one global statistic (channels of size 1), `(0, 1, 3)` one per frequency row.
+        red_dims (tuple of int): dims to reduce. `GLOBAL_AXES = (0, 2, 3)` on `[batch, channel, freq, time]`
+            spectrograms gives one global statistic (channels of size 1), `CHANNEL_AXES = (0, 1, 3)` one per
+            frequency row. `axes=` is accepted as an alias (the transforms' name for the same idea).
         correction (number): `var = M2 / (count - correction)`; 0 (default) is the population variance over
             every element seen, 1 the unbiased one.
         nan_policy (str): `'raise'` (a ValueError when statistics are read) or `'omit'` (NaN/Inf left out).
@@ -245,7 +240,15 @@ class StatsRecorder:
         (torch.Size([1, 1, 4, 1]), torch.Size([1, 1, 4, 1]), 8, 80)
     """
 
-    def __init__(self, red_dims=(0, 2, 3), correction=0, nan_policy="raise"):
+    def __init__(
+        self,
+        red_dims: Sequence[int] = GLOBAL_AXES,
+        correction: float = 0,
+        nan_policy: str = "raise",
+        axes: Sequence[int] | None = None,
+    ):
+        if axes is not None:  # the transforms' name for the same idea
+            red_dims = axes
         self.red_dims = _check_config(red_dims, correction, nan_policy)
         self.correction, self.nan_policy = correction, nan_policy
         self.nobservations, self.nbatches, self.batch_shape, self.settings = 0, 0, None, {}
@@ -260,7 +263,7 @@ class StatsRecorder:
 
     # -- folding in data ------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, x, mask=None):
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> "StatsRecorder":
         "Fold in the batch `x`, only where the boolean `mask` (broadcastable to `x`) is true if given."
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"update takes a tensor, got {type(x).__name__}")
@@ -276,8 +279,6 @@ class StatsRecorder:
         if x.numel() == 0:
             raise ValueError(f"batch {self.nbatches} of shape {tuple(x.shape)} is empty")
         x = x.as_subclass(torch.Tensor)
-        if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()  # half precision cannot hold the centred sums
         if mask is not None:
             mask = torch.as_tensor(mask, device=x.device)
             if mask.dtype != torch.bool:
@@ -290,12 +291,13 @@ class StatsRecorder:
                 raise ValueError(
                     f"mask of shape {tuple(mask.shape)} does not broadcast to the batch's shape {tuple(x.shape)}"
                 )
-        batch, nonfinite = self._reduce(x, mask)
+        batch, nonfinite = moments(x, self.red_dims, mask, omit_nonfinite=self.nan_policy == "omit")
         if self._state is None:
-            self.batch_shape, self._state = tuple(x.shape), batch
-            self._bad = torch.tensor([-1, 0, 0], device=x.device)
+            self.batch_shape, self._state = tuple(x.shape), tuple(batch)
+            zero = torch.zeros((), dtype=torch.int64, device=x.device)  # made on the device: no host-to-device copy
+            self._bad = torch.stack([zero - 1, zero, zero])
         else:
-            self._state = _chan(self._state, tuple(t.to(self.device) for t in batch))
+            self._state = tuple(combine_moments(self._state, tuple(t.to(self.device) for t in batch)))
         nonfinite = nonfinite.to(self.device)
         first = (self._bad[0] < 0) & (nonfinite > 0)
         self._bad = torch.stack(
@@ -308,30 +310,6 @@ class StatsRecorder:
         self.nbatches += 1
         self.nobservations += x.shape[0]
         return self
-
-    def _reduce(self, x, mask):
-        "(count, mean, M2) of one batch in float64, and its NaN/Inf count, without leaving the device."
-        dims, valid = self.red_dims, mask
-        if self.nan_policy == "omit":
-            finite = torch.isfinite(x)
-            nonfinite = torch.count_nonzero(~finite if mask is None else mask & ~finite)
-            valid = finite if mask is None else mask & finite
-        if valid is None:
-            shift = x.mean(dims, keepdim=True)
-            count = torch.full_like(shift, x.numel() // shift.numel(), dtype=torch.float64)
-        else:
-            count = valid.expand(x.shape).sum(dims, keepdim=True).double()
-            shift = torch.where(valid, x, 0).sum(dims, keepdim=True) / count.clamp(min=1).to(x.dtype)
-        # A NaN in the batch makes its mean NaN: centre on 0 then, so that the count below stays exact.
-        d = x - shift.nan_to_num(0.0, 0.0, 0.0)
-        if valid is not None:
-            d = torch.where(valid, d, 0)
-        s1 = _sum64(d, dims)
-        s2 = _sum64(d.square_(), dims)
-        if self.nan_policy == "raise":  # in place, as d is spent: NaN - NaN and Inf - Inf are NaN, finite - itself is 0
-            nonfinite = torch.count_nonzero(d.sub_(d))
-        n = count.clamp(min=1)
-        return (count, shift.nan_to_num(0.0, 0.0, 0.0).double() + s1 / n, (s2 - s1 * s1 / n).clamp(min=0)), nonfinite
 
     # -- reading statistics ---------------------------------------------------------------------
     @property
@@ -363,6 +341,11 @@ class StatsRecorder:
             raise ValueError(
                 f"{int((dof <= 0).sum())} of the {count.numel()} statistics have "
                 f"{int(count.min())} elements, too few for correction={self.correction} (all masked?)"
+            )
+        if not torch.isfinite(m2).all():  # finite data whose variance float64 cannot hold (|values| ~ 1e154 and up)
+            raise ValueError(
+                "the variance of the data seen exceeds the float64 range (values of magnitude ~1e154 or more): "
+                "rescale the data before recording statistics"
             )
         return mean, m2 / dof
 
@@ -750,7 +733,14 @@ def _check_red_dims(red_dims):
 
 @torch.no_grad()
 def compute_stats(
-    dl, red_dims=((0, 2, 3), (0, 1, 3)), fraction=1.0, max_batches=None, progress=True, seed=0, group=None, **kwargs
+    dl,
+    red_dims=(GLOBAL_AXES, CHANNEL_AXES),
+    fraction=1.0,
+    max_batches=None,
+    progress=True,
+    seed=0,
+    group=None,
+    **kwargs,
 ):
     """One pass over `dl` (batch transforms applied) feeding one `StatsRecorder` per entry of `red_dims`.
 

@@ -64,7 +64,7 @@ def test_get_dls_resamples_and_keeps_the_rate(esc50_like):
     # the first validation clip, read and resampled independently, cropped from its start
     first = dls.valid_ds.items.filename.iloc[0]
     k = int(first.split("-")[1])
-    spectrum = np.abs(np.fft.rfft(x[0, 0].numpy()))
+    spectrum = np.abs(np.fft.rfft(x[0, 0].cpu().numpy()))
     assert np.fft.rfftfreq(8000, 1 / 16000)[spectrum.argmax()] == pytest.approx(300 * (k + 1), abs=2)
 
 

@@ -113,3 +113,24 @@ def test_as_callback_on_validation_and_get_preds(esc50_like, tmp_path):
     with pytest.warns(UserWarning, match="above threshold"):
         learn.get_preds(dl=test_dl)
     assert monitor.report.flagged and np.median(monitor.report.shift) > 0.5
+
+
+def test_constant_training_channel_with_rounding_jitter_is_no_drift():
+    # a constant training channel (std 0) against new data jittering by 1e-3 dB: both stds are floored
+    # at 1e-3 * |mean| as SpecNormalize floors them, so the score is ~0 (it was 5.5e30 nats)
+    train = torch.full((8, 1, 4, 50), -40.0)
+    train[:, :, 1:] += torch.randn(8, 1, 3, 50, generator=torch.Generator().manual_seed(0)) * 5
+    new = train.clone()
+    new[:, :, 0] += torch.randn(8, 1, 50, generator=torch.Generator().manual_seed(1)) * 1e-3
+    report = NormDriftMonitor(reference=StatsRecorder((0, 1, 3)).update(train), warn=False).scan([new])
+    assert report.score < 1e-3 and not report.flagged
+    assert abs(report.shift[0]) < 1e-3 and report.var_ratio[0] == pytest.approx(1.0)
+    # a real shift of that channel is still seen: 1 dB against the 0.04 dB floor
+    report = NormDriftMonitor(reference=StatsRecorder((0, 1, 3)).update(train), warn=False).scan([new + 1])
+    assert report.flagged and report.shift[0] == pytest.approx(1 / 0.04, rel=1e-3)
+
+
+def test_a_different_channel_count_names_both_shapes():
+    train = StatsRecorder((0, 1, 3)).update(torch.randn(4, 1, 8, 20))
+    with pytest.raises(ValueError, match=r"shape \(1, 1, 6, 1\) but the training statistics have shape \(1, 1, 8, 1\)"):
+        NormDriftMonitor(reference=train, warn=False).scan([torch.randn(4, 1, 6, 20)])

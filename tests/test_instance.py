@@ -109,5 +109,33 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"mask of shape \(3, 1, 1, 10\)"):
         instance_norm(x, mask=torch.ones(3, 1, 1, 10, dtype=torch.bool))
     x[1, 0, 2, 3] = float("nan")
-    with pytest.raises(ValueError, match="1 NaN or Inf"):
-        InstanceSpecNorm()(AudioSpectrogram(x))
+    norm = InstanceSpecNorm()
+    norm(AudioSpectrogram(x))
+    with pytest.raises(ValueError, match=r"InstanceSpecNorm: 1 of the 1 batches .*NaN or Inf.*shape \(2, 1, 4, 10\)"):
+        norm.check()
+
+
+@pytest.mark.parametrize("eps", [0, -1, float("nan"), float("inf")])
+def test_eps_must_be_positive_and_finite(eps):
+    with pytest.raises(ValueError, match=f"eps must be a finite number > 0, got {eps}"):
+        InstanceSpecNorm(eps=eps)
+    with pytest.raises(ValueError, match="eps must be"):
+        instance_norm(torch.zeros(1, 1, 2, 3), eps=eps)
+
+
+@pytest.mark.parametrize("axes", [(5,), (-5,), (0,), (2, 2), (), ("a",)])
+def test_axes_out_of_range_or_repeated_are_named(axes):
+    with pytest.raises(ValueError, match="axes"):
+        InstanceSpecNorm(axes=axes)
+
+
+def test_float16_with_large_spread_is_exact_and_not_reported():
+    # std 400: the variance 1.6e5 does not fit float16; statistics are float32, the output float16
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 1, 8, 50, generator=g) * 400).half()
+    norm = InstanceSpecNorm()
+    out = norm(AudioSpectrogram(x)).as_subclass(torch.Tensor)
+    assert out.dtype == torch.float16
+    ref = numpy_instance(x.float().numpy(), (2, 3))
+    np.testing.assert_allclose(out.float().numpy(), ref, atol=2e-3)
+    norm.check()  # no NaN or Inf: nothing to report

@@ -7,7 +7,8 @@ import scipy.signal
 import torch
 
 from specnorm.audio import AudioSpectrogram, AudioTensor
-from specnorm.pcen import PCEN, TrainablePCEN, _smooth_chunked, _smooth_scan, pcen, pcen_smoothing_coef
+from specnorm.functional import _smooth_chunked, _smooth_scan
+from specnorm.pcen import PCEN, TrainablePCEN, pcen, pcen_smoothing_coef
 from specnorm.spectrogram import AudioToSpec
 
 RTOL = 1e-4  # the tolerance against librosa for float32 input
@@ -111,12 +112,19 @@ def test_bad_inputs_raise_clear_errors():
     db = AudioSpectrogram(torch.randn(1, 8, 20), sr=16000, hop_length=160, to_db=True)
     with pytest.raises(ValueError, match="to_db=True"):
         PCEN()(db)
-    with pytest.raises(ValueError, match="negative, NaN or Inf"):
-        PCEN()(AudioSpectrogram(torch.randn(1, 8, 20)))
+    # bad values are counted on the device and reported by check(), naming the transform and the batch
+    norm = PCEN()
+    norm(AudioSpectrogram(torch.rand(1, 8, 20)))
+    norm(AudioSpectrogram(torch.randn(1, 8, 20)))  # negative values
+    with pytest.raises(ValueError, match=r"PCEN: 1 of the 2 batches .*negative, NaN or Inf inputs.*batch 1 "):
+        norm.check()
+    norm.check()  # the check starts over
     x = torch.rand(1, 8, 20)
     x[0, 3, 4] = float("nan")
-    with pytest.raises(ValueError, match="1 negative, NaN or Inf"):
-        pcen(x)
+    norm(AudioSpectrogram(x))
+    with pytest.raises(ValueError, match=r"PCEN: 1 of the 1 batches .*batch 0 .*shape \(1, 8, 20\)"):
+        norm.check()
+    assert torch.isnan(pcen(x)).any()  # the function propagates NaN, as documented
     with pytest.raises(ValueError, match="b must be between 0 and 1"):
         pcen(torch.rand(8, 20), b=1.5)
     with pytest.raises(ValueError, match="gain"):

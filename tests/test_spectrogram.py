@@ -32,7 +32,8 @@ def test_equals_torchaudio_on_items_and_batches(device):
     assert batch.device.type == device.type and batch.shape == (3, 1, 257, 63)
     torch.testing.assert_close(batch.as_subclass(torch.Tensor), reference)
     torch.testing.assert_close(a2s(AudioTensor(x[1], sr=16000)).as_subclass(torch.Tensor), reference[1])
-    assert len(a2s._pipes) == 1  # the torchaudio pipeline was moved to the device once
+    # built once on the CPU, copied to another device once
+    assert len(a2s._pipes) == (device.type != "cpu") and a2s._pipe(device) is a2s._pipe(device)
 
 
 def test_mel_equals_torchaudio(device):
@@ -94,3 +95,17 @@ def test_agrees_with_librosa_on_the_same_settings():
     loud = reference > -60
     assert ours.shape == reference.shape and loud.mean() > 0.9
     np.testing.assert_allclose(ours[loud], reference[loud], atol=2e-3)
+
+
+def test_overflowing_samples_are_reported_by_check():
+    # finite samples of 1e20 pass AudioTensor, but their power (1e40) overflows float32: Inf in the
+    # spectrogram, counted on the device and raised by check()
+    a2s = AudioToSpec(n_fft=64, hop_length=32)
+    a2s(AudioTensor(torch.randn(2, 1, 800), sr=16000))
+    loud = torch.randn(2, 1, 800)
+    loud[1, 0, 100:200] = 1e20
+    out = a2s(AudioTensor(loud, sr=16000))
+    assert not torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"AudioToSpec: 1 of the 2 batches .*batch 1 .*shape \(2, 1, 33, 26\)"):
+        a2s.check()
+    a2s.check()  # reported once

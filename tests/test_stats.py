@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import no_host_reads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -515,17 +516,20 @@ def test_plot_labels_frequency_in_hz():
     assert plain.plot().get_xlabel() == "statistic index" and plain.frequencies() is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist with a GPU")
-def test_update_never_syncs_with_the_host():
-    x = torch.randn(8, 1, 32, 50, device="cuda")
-    rec = StatsRecorder(CHANNEL).update(x)
-    mask = torch.rand(8, 1, 1, 50, device="cuda") > 0.2
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+def test_update_never_reads_on_the_host_from_the_first_call(device):
+    # the first update used to copy a host list to the device (a sync on CUDA); the guard also sets
+    # torch.cuda.set_sync_debug_mode("error") on CUDA
+    x = torch.randn(8, 1, 32, 50, device=device)
+    mask = torch.rand(8, 1, 1, 50, device=device) > 0.2
+    with no_host_reads():
+        rec = StatsRecorder(CHANNEL).update(x)
         for _ in range(3):
             rec.update(x)
             rec.update(x, mask=mask)
         StatsRecorder(nan_policy="omit").update(x).update(x)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+        StatsRecorder(GLOBAL).update(x, mask=mask)
     assert rec.nbatches == 7
+    assert_matches(
+        rec,
+        reference([x] + [x, x] * 3, CHANNEL, masks=[torch.ones(1, dtype=bool)] + [torch.ones(1, dtype=bool), mask] * 3),
+    )

@@ -1,0 +1,959 @@
+"""The math of specnorm as pure torch functions: no fastai import, no host reads, any device.
+
+This is the torchaudio split: `specnorm.functional` holds the computations, and the fastai transforms
+(`SpecNormalize`, `InstanceSpecNorm`, `SlidingSpecNorm`, `PCEN`, `AudioNormalize`, ...) and
+`StatsRecorder` are thin layers over them that add type dispatch, metadata and statistics handling.
+Importing this module imports torch and numpy only.
+
+- Standardization with given statistics (`normalize`, `denormalize`, `affine_params`): the affine
+  `x * (1 / std) + (-mean / std)`, with std floored relative to |mean| (`floor_std`, the one floor rule,
+  also used by the drift monitor).
+- Statistics-free normalization: `instance_norm` (per-utterance CMVN), `sliding_norm` (Kaldi's
+  `apply-cmvn-sliding`), `pcen` (Wang et al., 2017, as `librosa.pcen`), and for waveforms `standardize`
+  and `short_time_rms`.
+- Exact statistics: `moments` (count, mean, M2 of a batch, float64) and `combine_moments` (the pairwise
+  update of Chan, Golub & LeVeque, 1979), and `gaussian_kl`.
+- `FiniteCheck`: deferred NaN/Inf detection. No function here raises on NaN or Inf (that would read a
+  value on the host, a device sync): NaN/Inf in the input give NaN/Inf in the output. The transforms
+  feed their outputs to a `FiniteCheck`, which counts bad batches on the device and raises in `check()`.
+
+No function reads a tensor value on the host (no `.item()`, `bool(t)`, `.cpu()`, data-dependent Python
+branch): on a GPU they only queue kernels. Host-side checks look at shapes, dtypes and arguments only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "AUDIO_SILENCE_EPS",
+    "CHANNEL_AXES",
+    "GLOBAL_AXES",
+    "INSTANCE_EPS",
+    "PCEN_DEFAULTS",
+    "SPEC_STD_EPS",
+    "FiniteCheck",
+    "affine_params",
+    "check_axes",
+    "check_eps",
+    "combine_moments",
+    "denormalize",
+    "floor_std",
+    "gaussian_kl",
+    "instance_norm",
+    "lengths_to_mask",
+    "moments",
+    "normalize",
+    "pcen",
+    "pcen_smoothing_coef",
+    "short_time_rms",
+    "sliding_norm",
+    "standardize",
+    "window_bounds",
+]
+
+# -- constants: one home each ------------------------------------------------------------------------
+GLOBAL_AXES = (0, 2, 3)
+"Reduced dims of `[B, C, F, T]` batches for one statistic per channel (global for mono spectrograms)."
+CHANNEL_AXES = (0, 1, 3)
+"Reduced dims of `[B, C, F, T]` batches for one statistic per frequency row (CMVN)."
+
+# The fused affine's rounding error is about one float32 ulp of |mean| / std, so std is floored
+# relative to |mean|: with 1e-3 the error stays below ~1e-4 (in units of std) and a constant dB row
+# maps to ~0 instead of amplified rounding noise. For dB data it is a floor of 0.1 dB at -100 dB.
+SPEC_STD_EPS = 1e-3
+# An item (or channel) with std <= 1e-6 * max(1, |mean|) is silence: -120 dBFS, under the quantization
+# noise of 16-bit audio (~-101 dBFS, which is normalized like any signal) and far above float32 rounding.
+AUDIO_SILENCE_EPS = 1e-6
+# Absolute floor on the std of per-clip and sliding statistics, in input units (Kaldi floors the
+# variance at 1e-10, i.e. std at 1e-5).
+INSTANCE_EPS = 1e-5
+# Sliding windows: 300 frames (3 s at a 10 ms hop), and Kaldi's --min-cmn-window for causal windows.
+SLIDING_WINDOW = 300
+MIN_WINDOW = 100
+# librosa.pcen's defaults (librosa 0.11).
+PCEN_DEFAULTS = dict(sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4, eps=1e-6)
+
+
+# -- argument checks (host-side, on arguments only) --------------------------------------------------
+def check_eps(eps: float, name: str = "eps", positive: bool = False) -> float:
+    """`eps` as a float, or a ValueError naming it: finite and >= 0 (> 0 with `positive`).
+
+    Example:
+        >>> from specnorm.functional import check_eps
+        >>> check_eps(1e-3)
+        0.001
+    """
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {eps!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {eps!r}")
+    return value
+
+
+def check_axes(axes: int | Sequence[int], ndim: int = 4, allowed: Sequence[int] | None = None) -> tuple[int, ...]:
+    """`axes` as sorted distinct non-negative dims of an `ndim`-dim tensor, or a ValueError naming them.
+
+    Each axis must lie in `[-ndim, ndim)`; `allowed` restricts the resolved dims further.
+
+    Example:
+        >>> from specnorm.functional import check_axes
+        >>> check_axes((-1, 2)), check_axes(3)
+        ((2, 3), (3,))
+    """
+    given = (axes,) if isinstance(axes, int) else tuple(axes) if isinstance(axes, (tuple, list)) else None
+    if not given or not all(isinstance(a, int) and not isinstance(a, bool) for a in given):
+        raise ValueError(f"axes must be a non-empty tuple of ints, got {axes!r}")
+    bad = [a for a in given if not -ndim <= a < ndim]
+    if bad:
+        raise ValueError(f"axes {axes!r}: {bad[0]} is not a dim of a {ndim}-dim tensor (valid: {-ndim}..{ndim - 1})")
+    dims = tuple(sorted({a % ndim for a in given}))
+    if len(dims) != len(given):
+        raise ValueError(f"axes {axes!r} name the same dim twice")
+    if allowed is not None and not set(dims) <= set(allowed):
+        raise ValueError(f"axes {axes!r} must be among the dims {tuple(allowed)}")
+    return dims
+
+
+def _float(x: Tensor) -> Tensor:
+    "`x` as a plain floating tensor: half precision and small ints as float32, 32/64-bit ints as float64 (exact)."
+    x = x.as_subclass(Tensor)
+    if x.dtype in (torch.int32, torch.int64, torch.uint32, torch.uint64):
+        return x.double()
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def _accumulator_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _to(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    "`t` on `like`'s device: a host-to-device copy does not wait for the device (no sync); copies to the CPU do."
+    return t.to(device=like.device, dtype=dtype or t.dtype, non_blocking=like.device.type != "cpu")
+
+
+# -- deferred NaN/Inf detection ---------------------------------------------------------------------------
+class FiniteCheck:
+    """Deferred NaN/Inf detection for a transform: device-side marks per batch, read only in `check()`.
+
+    `update(y)` queues one reduction per batch, `torch.aminmax(y)`, whose two values are finite exactly when
+    `y` holds no NaN and no Inf (no sum that could overflow on large finite values; one read of `y`, faster
+    than a norm on the CPU): no host read, no device sync.
+    Marks are folded into a first-bad-batch index and a bad-batch count every `fold_every` batches
+    (a few small kernels). `check()` reads them (one host sync, where training already syncs: the
+    `CheckFinite` callback calls it after each epoch and validation) and raises a `ValueError` naming the
+    transform, the number of bad batches, the first of them and its shape; then it starts over.
+
+    Args:
+        who (str): the transform's name, for the message.
+        what (str): what a bad batch holds, for the message. NaN or Inf outputs come from NaN or Inf
+            inputs, or from finite values too large for the output's dtype (e.g. 3e38 minus -3e38).
+        fold_every (int): batches between folds of the marks.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import FiniteCheck
+        >>> fc = FiniteCheck("MyTransform")
+        >>> fc.update(torch.ones(2, 3)); fc.update(torch.tensor([1.0, float("nan")]))
+        >>> try:
+        ...     fc.check()
+        ... except ValueError as e:
+        ...     print(e)
+        MyTransform: 1 of the 2 batches ... held NaN or Inf outputs; the first is batch 1 (...) of shape (2,)
+    """
+
+    def __init__(self, who: str, what: str = "NaN or Inf outputs", fold_every: int = 256):
+        self.who, self.what, self.fold_every = who, what, fold_every
+        self.reset()
+
+    def __getstate__(self):  # pickled (Learner.export) without marks: they may live on a device the loader lacks
+        return {**self.__dict__, "nbatches": 0, "_shapes": [], "_marks": [], "_summary": None}
+
+    def reset(self) -> None:
+        "Forget every batch seen."
+        self.nbatches = 0
+        self._shapes: list[tuple[int, tuple[int, ...]]] = []  # (first batch, shape) at each change of shape
+        self._marks: list[tuple[Tensor, Tensor]] = []
+        self._summary: Tensor | None = None  # float64 [first bad batch or inf, bad batches], on the marks' device
+
+    def update(self, y: Tensor, invalid: Tensor | None = None) -> None:
+        "Mark the batch `y` (and as bad when the 0-d bool tensor `invalid` is true). Queues kernels only."
+        y = y.as_subclass(Tensor)
+        if (self._marks and self._marks[0][0].device != y.device) or len(self._marks) >= self.fold_every:
+            self._fold()
+        mark = torch.aminmax(y.detach()) if y.numel() else (y.new_zeros(()),) * 2
+        if invalid is not None:
+            mark = (torch.where(invalid, float("nan"), mark[0]), mark[1])
+        self._marks.append(mark)
+        if not self._shapes or self._shapes[-1][1] != tuple(y.shape):
+            self._shapes.append((self.nbatches, tuple(y.shape)))
+        self.nbatches += 1
+
+    def shape_of(self, batch: int) -> tuple[int, ...]:
+        "The shape of batch number `batch` since the last check."
+        return next(shape for start, shape in reversed(self._shapes) if start <= batch)
+
+    def _fold(self) -> None:
+        if not self._marks:
+            return
+        marks = torch.stack([torch.stack(m).double() for m in self._marks])  # [batches, 2]
+        start = self.nbatches - len(marks)
+        index = torch.arange(start, start + len(marks), device=marks.device, dtype=torch.float64)
+        bad = ~torch.isfinite(marks).all(1)
+        part = torch.stack([torch.where(bad, index, math.inf).amin(), bad.sum(dtype=torch.float64)])
+        if self._summary is not None:
+            prev = self._summary.to(marks.device)  # only when batches change device
+            part = torch.stack([torch.minimum(prev[0], part[0]), prev[1] + part[1]])
+        self._summary, self._marks = part, []
+
+    def check(self) -> None:
+        "Raise a ValueError if a batch since the last check was bad (reads the marks: one host sync); then start over."
+        self._fold()
+        if self._summary is None:
+            return
+        first, nbad = (float(v) for v in self._summary.tolist())
+        nbatches, shape = self.nbatches, self.shape_of(int(first)) if nbad else None
+        self.reset()
+        if nbad:
+            raise ValueError(
+                f"{self.who}: {int(nbad)} of the {nbatches} batches since the last check held {self.what}; the "
+                f"first is batch {int(first)} (counting from 0) of shape {shape}"
+            )
+
+
+# -- standardization with given statistics ----------------------------------------------------------------
+def floor_std(mean: Tensor, std: Tensor, eps: float = SPEC_STD_EPS) -> Tensor:
+    """The std a normalization divides by: `max(std, eps * |mean|)`, and 1 where that is still 0.
+
+    The one floor rule of specnorm (`SpecNormalize`, the drift monitor's variances). A constant channel
+    (std 0) gets the floor `eps * |mean|`, so it maps to ~0 instead of amplified rounding noise or Inf;
+    an all-zero channel has nothing to scale and is only centred.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import floor_std
+        >>> floor_std(torch.tensor([-50.0, -50.0, 0.0]), torch.tensor([10.0, 0.0, 0.0]))
+        tensor([10.0000,  0.0500,  1.0000])
+    """
+    eps = check_eps(eps)
+    floor = eps * mean.abs()
+    std = torch.where(std > floor, std, floor)
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
+def affine_params(mean: Tensor, std: Tensor, eps: float = SPEC_STD_EPS) -> tuple[Tensor, Tensor]:
+    """`(scale, shift)` with `normalize(x) = x * scale + shift`: `1 / std` and `-mean / std`, std floored.
+
+    Computed in float64 and returned as float32 of the broadcast shape; `1 / std` stays finite.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import affine_params
+        >>> affine_params(torch.tensor(-50.0), torch.tensor(10.0))
+        (tensor(0.1000), tensor(5.))
+    """
+    mean, std = torch.broadcast_tensors(mean.double(), std.double())
+    std = floor_std(mean, std, eps).clamp_min(1 / torch.finfo(torch.float32).max)
+    return (1 / std).float(), (-mean / std).float()
+
+
+def normalize(x: Tensor, mean: Tensor | float, std: Tensor | float, eps: float = SPEC_STD_EPS) -> Tensor:
+    """Standardize `x` with given statistics: `(x - mean) / max(std, eps * |mean|)`, as one fused pass.
+
+    Args:
+        x: any floating tensor (integers are converted).
+        mean, std: numbers or tensors broadcastable to `x` (e.g. `[1, 1, F, 1]` for per-row statistics).
+        eps: relative floor on std (`floor_std`).
+
+    Shape:
+        `x` -> same shape, float.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import normalize
+        >>> normalize(torch.tensor([-56.0, -48.0, -40.0]), -48.0, 8.0)
+        tensor([-1.,  0.,  1.])
+    """
+    x = _float(x)
+    scale, shift = affine_params(torch.as_tensor(mean), torch.as_tensor(std), eps)
+    return torch.addcmul(_to(shift, x, x.dtype), x, _to(scale, x, x.dtype))
+
+
+def denormalize(y: Tensor, mean: Tensor | float, std: Tensor | float, eps: float = SPEC_STD_EPS) -> Tensor:
+    """The inverse of `normalize` with the same arguments: `y * std + mean` (std floored the same way).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import denormalize
+        >>> denormalize(torch.tensor([-1.0, 0.0, 1.0]), -48.0, 8.0)
+        tensor([-56., -48., -40.])
+    """
+    y = _float(y)
+    mean, std = torch.broadcast_tensors(torch.as_tensor(mean).double(), torch.as_tensor(std).double())
+    std = floor_std(mean, std, eps).clamp_min(1 / torch.finfo(torch.float32).max)
+    return torch.addcmul(_to(mean.float(), y, y.dtype), y, _to(std.float(), y, y.dtype))
+
+
+def standardize(x: Tensor, dims: Sequence[int] = (-2, -1), eps: float = AUDIO_SILENCE_EPS) -> Tensor:
+    """Standardize each waveform by its own statistics: `(x - mean) / std` over `dims` (population std).
+
+    Silence (std <= `eps * max(1, |mean|)`, e.g. all zeros or a constant) becomes zeros. NaN or Inf
+    samples give NaN outputs for that item (no host read; the transforms check outputs with `FiniteCheck`).
+
+    Args:
+        x: waveforms `[..., C, T]`.
+        dims: dims of one item's statistics: `(-2, -1)` over all channels, `(-1,)` per channel.
+        eps: silence threshold (`AUDIO_SILENCE_EPS`).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import standardize
+        >>> y = standardize(torch.randn(2, 1, 8000) * 0.1 + 0.3)
+        >>> y.mean(-1).abs().max() < 1e-5, torch.allclose(y.std(-1, correction=0), torch.ones(2, 1))
+        (tensor(True), True)
+    """
+    x = _float(x)
+    eps = check_eps(eps)
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"standardize: got an empty signal of shape {tuple(x.shape)}")
+    std, mean = torch.std_mean(x, dim=tuple(dims), correction=0, keepdim=True)
+    silent = std <= eps * mean.abs().clamp_min(1)
+    scale = torch.where(silent, 0.0, 1 / std.clamp_min(torch.finfo(std.dtype).tiny))
+    return torch.sub(x, mean).mul_(scale)
+
+
+# -- exact statistics -------------------------------------------------------------------------------------
+class Moments(NamedTuple):
+    "Float64 `(count, mean, m2)`: elements, mean and sum of squared deviations per statistic."
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+
+
+def _sum64(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    "Sum over `dims` in float64: the last dim first in `t`'s dtype (short, contiguous, fast), the rest in float64."
+    if t.ndim - 1 in dims and t.shape[-1] > 1:
+        t, dims = t.sum(-1, keepdim=True), tuple(d for d in dims if d != t.ndim - 1)
+    return t.double().sum(dims, keepdim=True) if dims else t.double()
+
+
+def _pow2_scale(amax: Tensor, dtype: torch.dtype) -> Tensor:
+    "A power of two `s` with `amax * s < 1` (exact to multiply by); 1 where `amax` is 0, NaN or Inf."
+    amax = amax.nan_to_num(1.0, 1.0, 1.0)  # frexp(0) has exponent 0: s = 1
+    limit = round(math.log2(torch.finfo(dtype).max)) - 1  # s and 1 / s stay normal numbers of `dtype`
+    return torch.ldexp(torch.ones_like(amax), -torch.frexp(amax).exponent.clamp(-limit, limit))
+
+
+def moments(
+    x: Tensor, dims: Sequence[int], mask: Tensor | None = None, omit_nonfinite: bool = False
+) -> tuple[Moments, Tensor]:
+    """Exact float64 `(count, mean, m2)` of `x` over `dims` (kept with size 1), and its NaN/Inf count.
+
+    The corrected two-pass algorithm (Chan, Golub & LeVeque, The American Statistician 37(3), 1983):
+    values are scaled by a power of two (exact) so that no square overflows or underflows, centred on
+    their mean, summed, and the sums corrected in float64. So float32 data of any finite magnitude
+    (denormals, 1e19, 3e38) give the float64 two-pass result; 32/64-bit integers are read as float64.
+
+    Args:
+        x: a tensor of any rank.
+        dims: the dims to reduce.
+        mask: optional bool tensor broadcastable to `x`: only True elements count.
+        omit_nonfinite: leave NaN/Inf values out of the statistics (else they make them NaN).
+
+    Returns:
+        `(Moments(count, mean, m2), nonfinite)`: float64 tensors of `x`'s rank with size 1 on `dims`,
+        and an int64 0-d tensor counting the NaN/Inf values (among the masked ones).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import moments
+        >>> (count, mean, m2), bad = moments(torch.tensor([[-3e19, 3e19, -3e19, 3e19]]), dims=(1,))
+        >>> count.item(), mean.item(), round((m2 / count).sqrt().item() / 3e19, 6), bad.item()
+        (4.0, 0.0, 1.0, 0)
+    """
+    x = _float(x)
+    dims = tuple(sorted(d % x.ndim for d in dims))
+    valid = None if mask is None else mask.expand(x.shape)
+    if omit_nonfinite:
+        finite = torch.isfinite(x)
+        valid = finite if valid is None else valid & finite
+        nonfinite = torch.count_nonzero(~finite if mask is None else mask & ~finite)
+    xv = x if valid is None else torch.where(valid, x, 0)
+    # Scale by a power of two so that |x * s| < 1: squares neither overflow nor underflow, and nothing is rounded.
+    # (amax and amin are vectorised reductions on the CPU, 10x faster there than an inf-norm)
+    amax = torch.maximum(xv.amax(dims, keepdim=True), xv.amin(dims, keepdim=True).neg_())
+    s = _pow2_scale(amax, x.dtype)
+    if valid is None:
+        count = torch.full(amax.shape, x.numel() // max(amax.numel(), 1), dtype=torch.float64, device=x.device)
+        shift = x.mean(dims, keepdim=True)
+    else:
+        count = valid.sum(dims, keepdim=True, dtype=torch.float64)
+        shift = xv.sum(dims, keepdim=True) / count.clamp(min=1).to(x.dtype)
+    # A NaN in the batch makes its mean NaN, and a huge batch's float32 sum may overflow: centre on 0 then.
+    shift = shift.nan_to_num(0.0, 0.0, 0.0).mul_(s)
+    # x * s is exact (a power of two) and below 1, so x * s - shift rounds once and cannot overflow, even
+    # for +-3e38 data whose x - mean would (a fused addcmul broadcasts slowly on the CPU).
+    d = torch.mul(x, s).sub_(shift)
+    if valid is not None:
+        d = torch.where(valid, d, 0)
+    s1 = _sum64(d, dims)
+    s2 = _sum64(d.square_(), dims)  # in place: no second batch-sized buffer
+    if not omit_nonfinite:  # in place, as d is spent: NaN - NaN and Inf - Inf are NaN, finite - itself is 0
+        nonfinite = torch.count_nonzero(d.sub_(d))
+    n = count.clamp(min=1)
+    s64 = s.double()
+    mean = (shift.double() + s1 / n) / s64
+    m2 = (s2 - s1 * s1 / n).clamp(min=0) / s64.square()
+    return Moments(count, mean, m2), nonfinite
+
+
+def combine_moments(a: Sequence[Tensor], b: Sequence[Tensor]) -> Moments:
+    """Combine two float64 `(count, mean, m2)` triples elementwise: Chan, Golub & LeVeque's pairwise update.
+
+    `n = na + nb`, `mean = ma + (mb - ma) nb / n`, `m2 = m2a + m2b + (mb - ma)^2 na nb / n`; exact
+    whatever the split, order or merge tree. Statistics with no elements yet keep weight 0.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import combine_moments, moments
+        >>> x = torch.randn(1000, dtype=torch.float64)
+        >>> (a, _), (b, _) = moments(x[:300], (0,)), moments(x[300:], (0,))
+        >>> n, mean, m2 = combine_moments(a, b)
+        >>> torch.allclose(mean, x.mean()), torch.allclose(m2 / n, x.var(correction=0))
+        (True, True)
+    """
+    (na, ma, m2a), (nb, mb, m2b) = a, b
+    n = na + nb
+    w = nb / n.clamp(min=1)
+    delta = mb - ma
+    return Moments(n, ma + delta * w, m2a + m2b + delta * delta * na * w)
+
+
+def gaussian_kl(mean_p: Tensor, var_p: Tensor, mean_q: Tensor, var_q: Tensor, eps: float = SPEC_STD_EPS) -> Tensor:
+    """KL(p || q) in nats between Gaussians, elementwise: `(r - 1 - log r + d^2) / 2`.
+
+    With `r = var_p / var_q` and `d = (mean_p - mean_q) / std_q`. Both stds are floored with `floor_std`
+    (relative to |mean_q|, as `SpecNormalize` floors them), so a constant reference channel compared
+    with data that jitters by rounding scores ~0, not 1e30. Computed in float64.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import gaussian_kl
+        >>> gaussian_kl(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(0.0), torch.tensor(1.0))
+        tensor(0.5000, dtype=torch.float64)
+    """
+    mean_p, var_p, mean_q, var_q = (torch.as_tensor(t).double() for t in (mean_p, var_p, mean_q, var_q))
+    std_q = floor_std(mean_q, var_q.clamp(min=0).sqrt(), eps)
+    std_p = floor_std(mean_q, var_p.clamp(min=0).sqrt(), eps)
+    ratio = (std_p / std_q).square()
+    shift = (mean_p - mean_q) / std_q
+    return (ratio - 1 - ratio.log() + shift.square()) / 2
+
+
+# -- per-clip statistics ---------------------------------------------------------------------------------
+def lengths_to_mask(lengths: Sequence[int] | Tensor, n_frames: int) -> Tensor:
+    """A `[B, 1, 1, n_frames]` bool mask, True on the first `lengths[i]` frames of item `i`.
+
+    Example:
+        >>> from specnorm.functional import lengths_to_mask
+        >>> lengths_to_mask([2, 3], 4)[:, 0, 0]
+        tensor([[ True,  True, False, False],
+                [ True,  True,  True, False]])
+    """
+    lengths = torch.as_tensor(lengths).as_subclass(Tensor).reshape(-1, 1, 1, 1)
+    return torch.arange(n_frames, device=lengths.device) < lengths
+
+
+def instance_norm(
+    x: Tensor, axes: Sequence[int] = (2, 3), mask: Tensor | None = None, eps: float = INSTANCE_EPS
+) -> Tensor:
+    """Standardise each spectrogram of `x` over `axes`: `(x - mean) / max(std, eps)` (population std).
+
+    Per-utterance CMVN. Statistics are float64 sums for a mask, torch's `var_mean` otherwise, at least in
+    float32 (float16 data with std 400 has a variance float16 cannot hold).
+
+    Args:
+        x: `[B, C, F, T]` batch, or a `[C, F, T]` item (treated as a batch of one).
+        axes: the axes of the batch layout `[B, C, F, T]` the statistics run over: `(2, 3)` per
+            channel of each clip (the default), `(1, 2, 3)` per clip, `(3,)` per frequency channel
+            over time (per-utterance CMVN). The batch axis 0 is not allowed (that is `SpecNormalize`).
+        mask: optional bool tensor broadcastable to the batch, True where values are real (e.g.
+            `lengths_to_mask(lengths, T)` for a batch padded in time); masked positions give zeros.
+        eps: floor on the standard deviation, in the input's units (> 0).
+
+    Shape:
+        `[B, C, F, T]` or `[C, F, T]` -> same shape and dtype (float).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import instance_norm
+        >>> y = instance_norm(torch.randn(2, 1, 8, 50) * 20 - 50)
+        >>> y.mean((2, 3)).abs().max() < 1e-5, torch.allclose(y.std((2, 3), correction=0), torch.ones(2, 1))
+        (tensor(True), True)
+    """
+    x = x.as_subclass(Tensor)
+    out_dtype = x.dtype if x.is_floating_point() else _float(x).dtype
+    x = _float(x)
+    item = x.ndim == 3
+    if item:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"instance_norm expects [B, C, F, T] or [C, F, T], got shape {tuple(x.shape)}")
+    dims = check_axes(axes, 4, allowed=(1, 2, 3))
+    eps = check_eps(eps, positive=True)
+    if mask is None:
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    else:
+        mask = torch.as_tensor(mask, device=x.device).as_subclass(Tensor).bool()
+        if item and mask.ndim == 3:
+            mask = mask[None]
+        try:
+            mask = mask.expand_as(x)
+        except RuntimeError:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the batch {tuple(x.shape)}"
+            ) from None
+        count = mask.sum(dims, keepdim=True).clamp(min=1)  # a fully masked clip gives zeros, not NaN
+        # A float64 sum makes the mean of a constant exactly that constant: silence stays exact zeros.
+        total = torch.where(mask, x, 0).sum(dims, keepdim=True, dtype=_accumulator_dtype(x))
+        mean = (total / count).to(x.dtype)
+        var = torch.where(mask, (x - mean) ** 2, 0).sum(dims, keepdim=True) / count
+    out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))  # in place: one batch-sized buffer, not two
+    if mask is not None:
+        out = torch.where(mask, out, 0)
+    return (out[0] if item else out).to(out_dtype)
+
+
+# -- sliding windows -------------------------------------------------------------------------------------
+def _bounds(n_frames: int, window: int, center: bool, min_window: int) -> tuple[np.ndarray, np.ndarray]:
+    "The window rules of the `sliding` module docstring, as int64 numpy arrays (host metadata, not data)."
+    if window < 1 or min_window < 1:
+        raise ValueError(f"window and min_window must be at least 1 frame, not {window} and {min_window}")
+    t = np.arange(n_frames, dtype=np.int64)
+    if center:
+        start = t - window // 2
+        end = start + window
+        end = end - np.minimum(start, 0)  # shift right to start at frame 0
+    else:
+        start = t - window
+        end = np.maximum(t + 1, min_window)  # at the start: look ahead to min_window frames
+    start = np.maximum(start, 0)
+    overflow = np.maximum(end - n_frames, 0)
+    return np.maximum(start - overflow, 0), end - overflow  # shift left to end at the last frame
+
+
+def window_bounds(
+    n_frames: int, window: int, center: bool = True, min_window: int = MIN_WINDOW, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """`(start, end)` int64 tensors of length `n_frames`: frame `t` is normalized over `[start[t], end[t])`.
+
+    The rules are Kaldi's `apply-cmvn-sliding` ones, stated in the `specnorm.sliding` module docstring.
+
+    Example:
+        >>> from specnorm.functional import window_bounds
+        >>> window_bounds(5, 3)
+        (tensor([0, 0, 1, 2, 2]), tensor([3, 3, 4, 5, 5]))
+    """
+    start, end = _bounds(n_frames, window, center, min_window)
+    return tuple(torch.from_numpy(b).to(device or "cpu", non_blocking=True) for b in (start, end))
+
+
+class _Windows(NamedTuple):
+    """The distinct windows of `window_bounds`, in frame order, as `_window_sums` and `_per_frame` use them.
+
+    Frames `[0, lead]` use window 0, frame `lead + k` window `k`, the frames after that the last window
+    (only the shifted windows at the clip's edges are shared). From window `k - 1` to `k` each edge
+    advances by 0 or 1 frame: the frames `enter` come in one per window from window `grow_at` on,
+    the frames `leave` go out one per window from window `shrink_at` on. `of` checks this shape.
+    """
+
+    count: Tensor  # frames in each window, CPU int64 [K]
+    min_count: int
+    lead: int
+    first: slice  # window 0
+    enter: slice
+    leave: slice
+    grow_at: int
+    shrink_at: int
+
+    @classmethod
+    def of(cls, start: np.ndarray, end: np.ndarray) -> _Windows:
+        "The windows of frames `[start[t], end[t])` (int64 numpy arrays from `_bounds`)."
+        n = len(start)
+        moves = np.ones(n, dtype=bool)
+        moves[1:] = (np.diff(start) != 0) | (np.diff(end) != 0)
+        first_frame = np.flatnonzero(moves)
+        starts, ends = start[first_frame], end[first_frame]
+        k = len(first_frame)
+        lead = n - 1 if k == 1 else int(first_frame[1]) - 1
+        grows, shrinks = np.flatnonzero(np.diff(ends)) + 1, np.flatnonzero(np.diff(starts)) + 1
+        s0, e0, s1, e1 = (int(i) for i in (starts[0], ends[0], starts[-1], ends[-1]))
+        runs = all(len(i) == 0 or int(i[-1] - i[0]) + 1 == len(i) for i in (grows, shrinks))
+        if (
+            lead + k > n
+            or int(moves[lead + 1 : lead + k].sum()) != k - 1
+            or not runs
+            or e1 - e0 != len(grows)
+            or s1 - s0 != len(shrinks)
+        ):
+            raise RuntimeError(f"windows {start.tolist()}, {end.tolist()} do not slide one frame at a time")
+        at = lambda steps: int(steps[0]) if len(steps) else k
+        count = ends - starts
+        return cls(
+            torch.from_numpy(count), int(count.min()), lead, slice(s0, e0), slice(e0, e1), slice(s0, s1),
+            at(grows), at(shrinks),
+        )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_windows(n_frames: int, window: int, center: bool, min_window: int = MIN_WINDOW) -> _Windows:
+    "`_Windows` of `window_bounds(n_frames, window, center, min_window)`, kept for the next clip of that length."
+    return _Windows.of(*_bounds(n_frames, window, center, min_window))
+
+
+@functools.lru_cache(maxsize=16)
+def _hop_windows(n: int, window: int, hop: int) -> tuple[Tensor, Tensor, int]:
+    "The centred windows at samples `0, hop, 2 hop, ...` and `n - 1`: CPU int64 `(start, end)`, and their edges' gcd."
+    nodes = np.arange(0, n, hop)
+    if (n - 1) % hop:
+        nodes = np.append(nodes, n - 1)
+    start, end = (b[nodes] for b in _bounds(n, window, True, MIN_WINDOW))
+    return torch.from_numpy(start), torch.from_numpy(end), math.gcd(*np.concatenate([start, end]).tolist())
+
+
+def _window_sums(v: Tensor, windows: _Windows, sums: Tensor) -> Tensor:
+    """Sums of `v` along its last axis over `windows` into `sums`.
+
+    `sums` has `v`'s dtype, `[1, ..., K]`; `[2, ..., K]` adds squares.
+
+    The first window is summed directly; every next window adds the frame that enters and removes the
+    one that leaves, and one cumulative sum over the windows accumulates these steps. The frames that
+    enter (leave) are consecutive, so both are slices of `v`, and the running sums never hold more
+    than a window's worth of frames (no prefix sum over the whole clip).
+    """
+    squares = len(sums) == 2
+    first = v[..., windows.first]
+    torch.sum(first, -1, out=sums[0, ..., 0])
+    if squares:
+        torch.linalg.vecdot(first, first, out=sums[1, ..., 0])
+    k = sums.shape[-1]
+    if k == 1:
+        return sums
+    enter, leave = v[..., windows.enter], v[..., windows.leave]
+    if enter.shape[-1] == leave.shape[-1] == k - 1:  # the window slides: one frame in and one out at every step
+        torch.sub(enter, leave, out=sums[0, ..., 1:])
+        if squares:  # enter^2 - leave^2 = (enter - leave)(enter + leave): no cancellation of large squares
+            torch.add(enter, leave, out=sums[1, ..., 1:]).mul_(sums[0, ..., 1:])
+    else:  # a window at the clip's edge grows or shrinks
+        sums[..., 1:].zero_()
+        grow = slice(windows.grow_at, windows.grow_at + enter.shape[-1])
+        shrink = slice(windows.shrink_at, windows.shrink_at + leave.shape[-1])
+        for p, power in enumerate((enter, enter * enter)[: len(sums)]):
+            sums[p, ..., grow] += power
+        for p, power in enumerate((leave, leave * leave)[: len(sums)]):
+            sums[p, ..., shrink] -= power
+    return sums.cumsum_(-1)
+
+
+def _per_frame(op, frames: Tensor, values: Tensor, lead: int) -> None:
+    "`op(frames, values)` in place, value `k` on frame `lead + k`; the frames before or after all take the edge values."
+    k = values.shape[-1]
+    op(frames[..., :lead], values[..., :1])
+    op(frames[..., lead : lead + k], values)
+    op(frames[..., lead + k :], values[..., -1:])
+
+
+_BLOCK = 2**22  # bytes of scratch per block of rows (4 MiB): stays in cache; buffers are allocated once per call
+
+
+def _row_blocks(n_rows: int, n_cols: int, device: torch.device, dtype: torch.dtype) -> tuple[list[slice], int]:
+    "Row ranges of about `_BLOCK` bytes in `dtype` on CPU (one block on an accelerator), and the largest block."
+    block = max(1, _BLOCK // (n_cols * dtype.itemsize)) if device.type == "cpu" else max(1, n_rows)
+    return [slice(i, i + block) for i in range(0, n_rows, block)], min(block, n_rows)
+
+
+def sliding_norm(
+    x: Tensor,
+    window: int = SLIDING_WINDOW,
+    center: bool = True,
+    norm_vars: bool = False,
+    min_window: int = MIN_WINDOW,
+    eps: float = INSTANCE_EPS,
+) -> Tensor:
+    """Sliding-window mean (and variance) normalization of `x` along its last axis (time).
+
+    Every row (each frequency channel of each clip) is normalized on its own over the window of frames
+    around each frame (Kaldi's `apply-cmvn-sliding` rules, accuracy: see the `specnorm.sliding` module
+    docstring). With `norm_vars`, the window's std is floored at `eps` (> 0).
+
+    Args:
+        x: `[..., T]`, e.g. `[B, C, F, T]` spectrograms.
+        window: window length in frames.
+        center: centred windows (True) or windows ending at the frame (False, causal).
+        norm_vars: also divide by the window's standard deviation.
+        min_window: with `center=False`, the fewest frames used at the start of a clip.
+        eps: floor on the standard deviation (input units).
+
+    Shape:
+        `[..., T]` -> same shape; floating inputs keep their dtype, integers give float32 (float64 for
+        32/64-bit integers).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import sliding_norm
+        >>> x = torch.arange(6.0)[None] + 100
+        >>> sliding_norm(x, window=3)
+        tensor([[-1.,  0.,  0.,  0.,  0.,  1.]])
+    """
+    x = _float(x)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"sliding_norm needs frames on the last axis, got shape {tuple(x.shape)}")
+    eps = check_eps(eps, positive=norm_vars)
+    n_frames = x.shape[-1]
+    windows = _frame_windows(n_frames, window, center, min_window)
+    work = x.dtype
+    # On CPU a float32 cumulative sum accumulates in float64 and rounds each window sum once: enough for
+    # the mean. The variance E[z^2] - E[z]^2 cancels, so its sums are float64 wherever the device has it.
+    acc = work if (x.device.type == "cpu" and not norm_vars) else _accumulator_dtype(x)
+    count = _to(windows.count, x, acc)
+    rows = x.reshape(-1, n_frames)
+    out = torch.empty(rows.shape, dtype=work, device=x.device)
+    blocks, block = _row_blocks(len(rows), n_frames, x.device, acc)
+    sums_buffer = torch.empty((1 + norm_vars, block, len(count)), dtype=acc, device=x.device)
+    if acc != work:
+        acc_buffer = torch.empty((block, n_frames), dtype=acc, device=x.device)
+        stats_buffer = torch.empty_like(sums_buffer, dtype=work)
+    for b in blocks:
+        # any per-row shift leaves the result unchanged; this one keeps the sums small
+        z = torch.sub(rows[b], rows[b].mean(-1, keepdim=True, dtype=work), out=out[b])
+        zs = z if acc == work else acc_buffer[: len(z)].copy_(z)
+        sums = _window_sums(zs, windows, sums_buffer[:, : len(z)]).div_(count)
+        if norm_vars:
+            sums[1].addcmul_(sums[0], sums[0], value=-1)  # E[z^2] - E[z]^2
+        stats = sums if acc == work else stats_buffer[:, : len(z)].copy_(sums)
+        _per_frame(torch.Tensor.sub_, z, stats[0], windows.lead)
+        if norm_vars:
+            scale = stats[1].clamp_(min=eps * eps).rsqrt_()  # 1 / max(std, eps)
+            if windows.min_count == 1:
+                scale.mul_(count > 1)  # a one-frame window gives 0, as in Kaldi
+            _per_frame(torch.Tensor.mul_, z, scale, windows.lead)
+    return out.view(x.shape)
+
+
+def _node_rms(x: Tensor, start: Tensor, end: Tensor, g: int) -> Tensor:
+    """RMS of `x` over windows `[start[k], end[k])` a hop apart, from a float64 cumulative sum of squares.
+
+    When all window edges are multiples of some `g >= 16` (a hop that divides half the window and the
+    clip length), the squares are first summed over blocks of `g` samples (float32 sums of positive
+    terms, exact to about 1e-7 relative), which makes the sequential cumulative sum `g` times shorter;
+    otherwise the float64 squares of every sample are summed.
+    """
+    if g >= 16:  # below that, summing tiny blocks is slower than summing samples
+        blocks = x.view(len(x), -1, g)
+        prefix = torch.linalg.vecdot(blocks, blocks).to(_accumulator_dtype(x)).cumsum_(-1)
+    else:
+        g, prefix = 1, x.to(_accumulator_dtype(x), copy=True).square_().cumsum_(-1)
+    at = lambda i: _to((i // g - 1).clamp(min=0), prefix)  # prefix[j] sums the first (j + 1) g samples
+    sums = prefix.index_select(-1, at(end)) - prefix.index_select(-1, at(start)) * _to(start > 0, prefix, prefix.dtype)
+    return sums.div_(_to(end - start, sums, sums.dtype)).clamp_(min=0).sqrt_().to(x.dtype)
+
+
+def _interpolate(env: Tensor, values: Tensor, hop: int) -> None:
+    "Fill `env` [R, n] by linear interpolation of `values` taken at samples `0, hop, 2 hop, ...` and `n - 1`."
+    n = env.shape[-1]
+    full = (n - 1) // hop  # whole hops; the last node is `n - 1`, `full * hop` or after it
+    slopes = values.diff(dim=-1)
+    if full:  # one broadcast multiply-add per hop (torch.lerp broadcasts four times slower)
+        weight = torch.arange(hop, device=env.device, dtype=env.dtype) / hop
+        hops = env[..., : full * hop].view(-1, full, hop)
+        torch.mul(slopes[..., :full, None], weight, out=hops).add_(values[..., :full, None])
+    rest = n - full * hop  # samples from node `full` to the end
+    if rest > 1:
+        weight = torch.arange(rest, device=env.device, dtype=env.dtype) / (rest - 1)
+        torch.mul(slopes[..., full : full + 1], weight, out=env[..., full * hop :]).add_(values[..., full : full + 1])
+    else:
+        env[..., full * hop :] = values[..., full : full + 1]
+
+
+def short_time_rms(x: Tensor, window: int, hop: int | None = None, floor: float | None = None) -> Tensor:
+    """RMS of `x` along its last axis in a centred window of `window` samples around each sample.
+
+    Windows follow the `center=True` rule of `sliding_norm` (shifted to stay inside the clip). With
+    `hop`, the RMS is taken at samples `0, hop, 2 hop, ...` and at the last sample, and linearly
+    interpolated between them. The sums of squares are float64 (see the `specnorm.sliding` module
+    docstring for the accuracy). With `floor`, returns `x / max(rms, floor)` instead (the short-time
+    gain control of `ShortTimeAudioNormalize`), computed block by block while the block is in cache.
+
+    Args:
+        x: `[..., T]` waveforms.
+        window: window length in samples.
+        hop: spacing of the RMS estimates in samples; None: at every sample.
+        floor: if given (> 0), return the normalized signal.
+
+    Shape:
+        `[..., T]` -> same shape, float (half precision as float32 at least).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import short_time_rms
+        >>> short_time_rms(torch.tensor([[3.0, -3.0, 3.0, -3.0]]), window=2)
+        tensor([[3., 3., 3., 3.]])
+    """
+    x = _float(x)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"short_time_rms: got an empty signal of shape {tuple(x.shape)}")
+    if floor is not None:
+        floor = check_eps(floor, "floor", positive=True)
+    n = x.shape[-1]
+    acc = _accumulator_dtype(x)
+    rows = x.reshape(-1, n)
+    env = torch.empty(rows.shape, dtype=rows.dtype, device=x.device)
+    blocks, block = _row_blocks(len(rows), n, x.device, acc)
+    if hop is None:
+        windows = _frame_windows(n, window, center=True)
+        count = _to(windows.count, x, acc)
+        power_buffer = torch.empty((block, n), dtype=acc, device=x.device)
+        sums_buffer = torch.empty((1, block, len(count)), dtype=acc, device=x.device)
+    else:
+        start, end, g = _hop_windows(n, window, hop)
+    for b in blocks:
+        if hop is None:
+            power = power_buffer[: len(rows[b])].copy_(rows[b]).square_()  # float64: exact squares, and so their sums
+            sums = _window_sums(power, windows, sums_buffer[:, : len(power)])[0]
+            _per_frame(torch.Tensor.copy_, env[b], sums.div_(count).clamp_(min=0).sqrt_(), windows.lead)
+        else:
+            _interpolate(env[b], _node_rms(rows[b], start, end, g), hop)
+        if floor is not None:
+            torch.div(rows[b], env[b].clamp_(min=floor), out=env[b])
+    return env.view(x.shape)
+
+
+# -- PCEN ------------------------------------------------------------------------------------------------
+_CHUNK = 32  # frames per chunk of the CPU recursion; 16-64 perform alike
+
+
+def pcen_smoothing_coef(
+    time_constant: float = PCEN_DEFAULTS["time_constant"],
+    sr: float = PCEN_DEFAULTS["sr"],
+    hop_length: int = PCEN_DEFAULTS["hop_length"],
+) -> float:
+    """librosa's smoothing coefficient `b` for a time constant in seconds.
+
+    `b = (sqrt(1 + 4 t^2) - 1) / (2 t^2)` with `t = time_constant * sr / hop_length` frames (the
+    positive root of `t^2 b^2 + b - 1 = 0`; librosa chose it to approximate the filter's half-power
+    width). It is a little under `1 / t`.
+
+    Example:
+        >>> from specnorm.functional import pcen_smoothing_coef
+        >>> round(pcen_smoothing_coef(0.4, 22050, 512), 5)
+        0.05639
+    """
+    if not time_constant > 0:
+        raise ValueError(f"time_constant must be positive (seconds), not {time_constant}")
+    t = time_constant * sr / hop_length
+    return (math.sqrt(1 + 4 * t**2) - 1) / (2 * t**2)
+
+
+def _smooth_chunked(x: Tensor, b: Tensor) -> Tensor:
+    "M[t] = (1 - b) M[t-1] + b x[t], M[-1] = 1, along the last axis: two matrix products."
+    a, n = 1 - b, x.shape[-1]
+    k = -(-n // _CHUNK)
+    chunks = F.pad(x, (0, k * _CHUNK - n)).unflatten(-1, (k, _CHUNK))  # [..., F, K, L]
+    j = torch.arange(_CHUNK, device=x.device)
+    lag = j[:, None] - j[None, :]
+    # Within a chunk, from a zero state: M[j] = sum_{i <= j} b a^(j - i) x[i].
+    impulse = torch.where(lag >= 0, b[..., None] * a[..., None] ** lag.clamp(min=0), 0)  # [F, L, L]
+    local = chunks @ impulse.transpose(-1, -2)
+    # The state entering chunk c is the sum of the chunk ends before it, decayed, plus the initial state.
+    decay = a**_CHUNK
+    c = torch.arange(k, device=x.device)
+    gap = c[:, None] - c[None, :] - 1
+    carry_matrix = torch.where(gap >= 0, decay[..., None] ** gap.clamp(min=0), 0)  # [F, K, K]
+    carry = (local[..., -1:].transpose(-1, -2) @ carry_matrix.transpose(-1, -2))[..., 0, :] + decay**c
+    out = local + carry[..., None] * a[..., None] ** (j + 1)
+    return out.flatten(-2)[..., :n]
+
+
+def _smooth_scan(x: Tensor, b: Tensor) -> Tensor:
+    "The same recursion as a doubling scan: after the step of shift s, M[t] holds x[t - 2s + 1 .. t]."
+    a, n = 1 - b, x.shape[-1]
+    out, shift = b * x, 1
+    while shift < n:
+        out = out + a**shift * F.pad(out[..., :-shift], (shift, 0))
+        shift *= 2
+    return out + a ** torch.arange(1, n + 1, device=x.device)  # decay of the initial state M[-1] = 1
+
+
+def _smooth(x: Tensor, b: Tensor) -> Tensor:
+    return (_smooth_chunked if x.device.type == "cpu" else _smooth_scan)(x, b)
+
+
+def _per_channel(v, x: Tensor):
+    "A per-channel `[F]` tensor shaped `[F, 1]` to broadcast over `[..., F, T]`; a number stays a number."
+    return v.to(x.dtype).reshape(-1, 1) if torch.is_tensor(v) else v
+
+
+def pcen(
+    x: Tensor,
+    sr: float = PCEN_DEFAULTS["sr"],
+    hop_length: int = PCEN_DEFAULTS["hop_length"],
+    gain: float | Tensor = PCEN_DEFAULTS["gain"],
+    bias: float | Tensor = PCEN_DEFAULTS["bias"],
+    power: float | Tensor = PCEN_DEFAULTS["power"],
+    time_constant: float = PCEN_DEFAULTS["time_constant"],
+    eps: float = PCEN_DEFAULTS["eps"],
+    b: float | Tensor | None = None,
+    max_size: int = 1,
+) -> Tensor:
+    """PCEN of a non-negative linear spectrogram `x` `[..., F, T]` (frequency, then time, last).
+
+    `M[t] = (1 - b) M[t-1] + b E[t]` along time, `PCEN = (E / (eps + M)^gain + bias)^power - bias^power`,
+    as `librosa.pcen` (see the `specnorm.pcen` module docstring). Arguments are those of `librosa.pcen`;
+    `gain`, `bias`, `power` and `b` may also be per-channel tensors of shape `[F]`. Negative, NaN or Inf
+    input values give NaN or meaningless outputs (no host read checks them; the `PCEN` transform does,
+    deferred, with `FiniteCheck`).
+
+    Shape:
+        `[..., F, T]` -> same shape, float (half precision as float32).
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import pcen
+        >>> pcen(torch.ones(2, 40, 100), sr=16000, hop_length=160).shape
+        torch.Size([2, 40, 100])
+    """
+    x = _float(x)
+    if x.ndim < 2 or x.numel() == 0:
+        raise ValueError(f"pcen expects a non-empty spectrogram [..., F, T], got shape {tuple(x.shape)}")
+    if not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size must be a positive integer, not {max_size}")
+    if b is None:
+        b = pcen_smoothing_coef(time_constant, sr, hop_length)
+    elif not torch.is_tensor(b) and not 0 <= b <= 1:
+        raise ValueError(f"b must be between 0 and 1, not {b}")
+    ref = x
+    if max_size > 1:  # maximum over neighbouring channels, as scipy's maximum_filter1d places it
+        before = max_size // 2
+        ref = F.pad(x.transpose(-1, -2), (before, max_size - 1 - before), value=-math.inf)
+        ref = ref.unfold(-1, max_size, 1).amax(-1).transpose(-1, -2)
+    b = _per_channel(b, x) if torch.is_tensor(b) else torch.full((1, 1), b, dtype=x.dtype, device=x.device)
+    gain, bias, power = (_per_channel(v, x) for v in (gain, bias, power))
+    agc = x * (eps + _smooth(ref, b)) ** -gain
+    if not torch.is_tensor(power) and power == 0:
+        return torch.log1p(agc)
+    if not torch.is_tensor(bias) and bias == 0:
+        return agc**power
+    return bias**power * torch.expm1(power * torch.log1p(agc / bias))
