@@ -70,9 +70,10 @@ def no_information_value(x, meta=None):
     """The fill that carries no information on the spectrogram batch `x` `[..., F, T]`.
 
     0 when `meta` (the spectrogram, or any object with its metadata; default `x`) is marked
-    `standardized` (as `SpecNormalize`, `InstanceSpecNorm` and `SlidingSpecNorm` mark their output):
-    0 is the mean a normalization maps to. Otherwise the clip's mean: each item's per-channel mean over
-    its last two axes, `[..., 1, 1]`.
+    `standardized` (as `SpecNormalize`, `InstanceSpecNorm` and `SlidingSpecNorm(norm_vars=True)` mark
+    their output) or `centred` (`SlidingSpecNorm` without `norm_vars`: mean removed): 0 is the mean a
+    normalization maps to. Otherwise the clip's mean: each item's per-channel mean over its last two
+    axes, `[..., 1, 1]`.
 
     Example:
         >>> import torch
@@ -80,7 +81,8 @@ def no_information_value(x, meta=None):
         >>> no_information_value(torch.ones(1, 2, 2), Meta()), no_information_value(torch.ones(1, 2, 2)).flatten()
         (0.0, tensor([1.]))
     """
-    if getattr(x if meta is None else meta, "standardized", False):
+    meta = x if meta is None else meta
+    if getattr(meta, "standardized", False) or getattr(meta, "centred", False):
         return 0.0
     return x.mean((-2, -1), keepdim=True)
 

@@ -43,8 +43,9 @@ from fastai.vision.models.xresnet import xresnet18
 from .config import AudioConfig
 from .data import get_dls
 from .distributed import ddp_callbacks, on_rank_zero_output, rank
+from .functional import CHANNEL_AXES, GLOBAL_AXES
 from .instance import InstanceSpecNorm
-from .normalize import AudioNormalize, SpecNormalize
+from .normalize import AudioNormalize, CheckFinite, SpecNormalize
 from .pcen import PCEN
 from .progress import interactive
 from .sliding import SlidingSpecNorm
@@ -69,7 +70,7 @@ __all__ = [
 REFERENCE_ACCURACY = {"none": 0.7110, "global": 0.7315, "channel": 0.7144}
 FASTAUDIO_BASELINE = 0.6664
 # The reduced dims of each kind of training-set statistic, for [B, C, F, T] spectrogram batches.
-STATS_AXES = {"global": (0, 2, 3), "channel": (0, 1, 3)}
+STATS_AXES = {"global": GLOBAL_AXES, "channel": CHANNEL_AXES}
 
 
 def make_xresnet_grayscale(model, n_in=1):
@@ -207,7 +208,8 @@ def train_loops(
                 dl.rng = random.Random(seed + run)
         start = time.perf_counter()
         model = make_xresnet_grayscale(arch(n_out=num_cls), n_in)
-        learn = Learner(dls, model, metrics=accuracy, cbs=ddp_callbacks())  # DDP under torch.distributed
+        # CheckFinite raises the transforms' deferred NaN/Inf errors after each epoch; DDP under torch.distributed.
+        learn = Learner(dls, model, metrics=accuracy, cbs=[CheckFinite(), *ddp_callbacks()])
         with ExitStack() as output:
             if quiet:
                 output.enter_context(learn.no_bar())

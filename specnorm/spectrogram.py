@@ -84,6 +84,9 @@ class AudioToSpec(DisplayedTransform):
         settings.pop("stype", None)  # follows the spectrogram's power (2: power, 1: magnitude)
         settings = {k: v for k, v in settings.items() if k in accepted}
         self.mel, self.to_db, self.top_db, self.settings = mel, to_db, top_db, settings
+        self._init_pipeline()
+
+    def _init_pipeline(self):
         # Built here, on the CPU (torchaudio reads its filterbank on the host), and copied to a device on first
         # use there without waiting for it: the transform itself never syncs.
         self._cpu_pipe = self._build()
@@ -182,8 +185,9 @@ class AudioToMFCC(AudioToSpec):
     """
 
     def __init__(self, **settings):
-        DisplayedTransform.__init__(self)
-        self.mel, self.to_db, self.top_db, self.settings, self._pipes = True, False, None, settings, {}
+        DisplayedTransform.__init__(self)  # MFCC settings go to torchaudio as given, unfiltered
+        self.mel, self.to_db, self.top_db, self.settings = True, False, None, settings
+        self._init_pipeline()
 
     def _build(self):
         mfcc = T.MFCC(**self.settings)

@@ -34,6 +34,7 @@ from specnorm.all import (
     SignalLoss,
     SignalLossGPU,
     SignalShifter,
+    SlidingSpecNorm,
     SpecNormalize,
     TfmResize,
     TfmResizeGPU,
@@ -138,6 +139,10 @@ def test_masks_fill_with_zero_after_normalization_and_keep_the_mean(device):
     # InstanceSpecNorm marks its output standardized too: masks fill it with 0 as well.
     inst = InstanceSpecNorm()(x)
     assert (MaskFreqGPU(min_size=5, max_size=5)(inst, split_idx=0) == 0).sum() >= 5 * 100 * 2 * 64
+    # SlidingSpecNorm without norm_vars removes the mean only (marked `centred`): 0 is still its mean.
+    slid = SlidingSpecNorm(window=50)(x)
+    assert slid.centred and not getattr(slid, "standardized", False)
+    assert (MaskFreqGPU(min_size=5, max_size=5)(slid, split_idx=0) == 0).sum() >= 5 * 100 * 2 * 64
 
 
 @pytest.mark.parametrize("shifts", [[3, -5, 0, 40, -40, 12]])
