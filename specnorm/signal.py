@@ -137,7 +137,11 @@ class Resample(DisplayedTransform):
     def encodes(self, x: AudioTensor):
         if x.sr == self.sr:
             return x
-        return AudioTensor(resample(x.as_subclass(torch.Tensor), x.sr, self.sr), sr=self.sr)
+        y = AudioTensor(resample(x.as_subclass(torch.Tensor), x.sr, self.sr), sr=self.sr)
+        lengths = getattr(x, "lengths", None)
+        if lengths is not None:  # valid samples scale as the signal does: ceil(length * sr / x.sr)
+            y.lengths = (lengths * self.sr + x.sr - 1) // x.sr
+        return y
 
 
 class DownmixMono(DisplayedTransform):
@@ -162,6 +166,9 @@ class ResizeSignal(RandTransform):
     elsewhere (validation, or a direct call). Shorter ones are padded according to `pad_mode`:
     `'zeros'` (silence split before and after: at random on the training split, evenly elsewhere),
     `'zeros_after'` (silence at the end) or `'repeat'` (the signal repeated).
+
+    The output carries `lengths` (int): its samples that are signal, not zero padding (`AudioDL`
+    collates them into the batch's `lengths` tensor).
 
     Args:
         duration (float): target length in milliseconds.
@@ -195,18 +202,21 @@ class ResizeSignal(RandTransform):
         n, length = round(self.duration * x.sr / 1000), x.nsamples
         if length == 0:
             raise ValueError(f"ResizeSignal: got an empty signal of shape {tuple(x.shape)}")
-        if length > n:
+        if length >= n:
             start = random.randint(0, length - n) if self.training else 0
-            return x[..., start : start + n]
+            return self._with_length(x[..., start : start + n], n)
         missing = n - length
-        if missing == 0:
-            return x
         if self.pad_mode == "repeat":
-            return x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n]
+            return self._with_length(x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n], n)
         before = (
             0 if self.pad_mode == "zeros_after" else (random.randint(0, missing) if self.training else missing // 2)
         )
-        return F.pad(x, (before, missing - before))
+        return self._with_length(F.pad(x, (before, missing - before)), length)
+
+    @staticmethod
+    def _with_length(x, valid):
+        x.lengths = valid
+        return x
 
 
 def audio_item_tfms(sample_rate=16000, force_mono=True, crop_signal_to=None):
