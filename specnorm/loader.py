@@ -41,15 +41,15 @@ class AudioDL(TfmdDL):
     """
 
     def create_batch(self, b):
-        res = super().create_batch(b)
         xs = [it[0] for it in b] if isinstance(b[0], tuple) else b
         if not isinstance(xs[0], AudioTensor):
-            return res
+            return super().create_batch(b)
         rates = sorted({x.sr for x in xs})
         if len(rates) > 1:
             raise ValueError(
                 f"a batch mixes sample rates {rates} Hz: pass sample_rate= (get_dls, AudioBlock) to resample to one"
             )
+        res = super().create_batch(b)
         lengths = torch.tensor([getattr(x, "lengths", x.shape[-1]) for x in xs], dtype=torch.int64)
         x = res[0] if isinstance(res, tuple) else res
         x.lengths = lengths

@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tone
-from fastai.torch_core import TensorCategory
+from conftest import tone, write_audio
+from fastai.torch_core import TensorCategory, set_seed
+from fasttransform import Pipeline, Transform
 
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.data import AudioBlock, CrossValidationSplitter, audio_item_tfms, get_dls
 from specnorm.spectrogram import AudioToSpec
+from specnorm.store import FLOAT16_ATOL, FLOAT16_RTOL
 
 matplotlib.use("Agg")
 
@@ -96,17 +98,143 @@ def test_get_dls_errors_name_what_is_wrong(esc50_like, tmp_path):
 def test_corrupt_file_in_dataset_is_named(esc50_like):
     df, path = esc50_like
     (path / df.filename[0]).write_bytes(b"not audio at all")
-    dls = get_dls(df, path, bs=16, num_workers=0, crop_signal_to=500)
+    with pytest.raises(ValueError, match=f"cannot decode audio file .*{df.filename[0]}"):
+        get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500)  # the store decodes every file
+    dls = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, fast=False)
     with pytest.raises(ValueError, match=f"cannot decode audio file .*{df.filename[0]}"):
         dls.valid_ds[list(dls.valid_ds.items.filename).index(df.filename[0])]
 
 
 def test_stereo_and_other_rates_are_unified(tmp_path):
     (tmp_path / "audio").mkdir()
-    from conftest import write_audio
-
     write_audio(tmp_path / "audio" / "a.wav", np.concatenate([tone(500, 22050, 0.5)] * 2), 22050)
     write_audio(tmp_path / "audio" / "b.wav", tone(500, 48000, 0.5), 48000)
     df = pd.DataFrame(dict(filename=["a.wav", "b.wav"] * 2, fold=[1, 1, 2, 2], category=["x", "y"] * 2))
-    x, _ = get_dls(df, tmp_path / "audio", bs=2, num_workers=0, crop_signal_to=500, shuffle=False).train.one_batch()
-    assert x.shape == (2, 1, 8000) and x.sr == 16000
+    for fast in (True, False):
+        dls = get_dls(df, tmp_path / "audio", bs=2, num_workers=0, crop_signal_to=500, shuffle=False, fast=fast)
+        x, _ = dls.train.one_batch()
+        assert x.shape == (2, 1, 8000) and x.sr == 16000
+    # sample_rate=None keeps each file's rate: a batch of mixed rates would carry a wrong `sr`, so it raises
+    with pytest.raises(ValueError, match=r"22050 Hz.*48000 Hz.*pass sample_rate="):
+        get_dls(df, tmp_path / "audio", bs=2, num_workers=0, crop_signal_to=500, sample_rate=None)
+    dls = get_dls(df, tmp_path / "audio", bs=2, num_workers=0, crop_signal_to=500, sample_rate=None, fast=False)
+    with pytest.raises(ValueError, match=r"mixes sample rates \[22050, 48000\]"):
+        dls.valid.one_batch()
+
+
+def batches(dl, n=None):
+    "The waveforms of the first `n` batches of `dl` (one epoch), as plain float32 tensors."
+    out = []
+    for i, (x, _) in enumerate(dl):
+        if n is not None and i == n:
+            break
+        out.append(x.as_subclass(torch.Tensor).float())
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("crop", [500, 1500])  # crops the 1 s clips, or pads them
+def test_fast_path_batches_equal_the_per_item_path(esc50_like, dtype, crop):
+    df, path = esc50_like
+    kwargs = dict(bs=4, num_workers=0, crop_signal_to=crop, shuffle=False, drop_last=False)
+    fast = get_dls(df, path, store_dtype=dtype, **kwargs)
+    slow = get_dls(df, path, fast=False, **kwargs)
+    assert type(fast.train).__name__ == "WaveformDL" and type(slow.train).__name__ == "AudioDL"
+    rtol, atol = (0, 1e-6) if dtype == "float32" else (FLOAT16_RTOL, FLOAT16_ATOL + 1e-6)
+    for (xf, yf), (xs, ys) in zip(fast.valid, slow.valid, strict=True):
+        assert xf.dtype == torch.float32 and xf.sr == xs.sr == 16000 and xf.shape == xs.shape
+        torch.testing.assert_close(xf.as_subclass(torch.Tensor), xs.as_subclass(torch.Tensor), rtol=rtol, atol=atol)
+        assert (yf == ys).all()
+        assert xf.lengths.tolist() == xs.lengths.tolist() == [min(crop, 1000) * 16] * len(xf)
+    # training crops are random in both; each fast-path crop is a window of the clip the per-item path reads
+    x, _ = fast.train.one_batch()
+    if crop < 1000:
+        for item, fn in zip(x, fast.train_ds.items.filename[:4]):
+            full = Pipeline(audio_item_tfms(16000))(AudioTensor.create(path / fn))[0].numpy()
+            start = np.abs(np.lib.stride_tricks.sliding_window_view(full, 8000) - item[0].numpy()).max(1).argmin()
+            np.testing.assert_allclose(item[0].numpy(), full[start : start + 8000], rtol=rtol, atol=atol)
+
+
+def test_random_crops_differ_between_items_and_epochs_on_train_and_are_fixed_on_valid(esc50_like):
+    df, path = esc50_like
+    for crop in (250, 1500):  # a crop of the 1 s clips, and a padding of them
+        dls = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=crop, shuffle=False)
+        first, second = batches(dls.train), batches(dls.train)
+        assert not all(torch.equal(a, b) for a, b in zip(first, second))
+        starts = {int(torch.nonzero(row[0].abs() > 0)[0]) if crop > 1000 else float(row[0, 0]) for row in first[0]}
+        assert len(starts) > 1
+        valid = batches(dls.valid), batches(dls.valid)
+        assert all(torch.equal(a, b) for a, b in zip(*valid))
+
+
+def test_workers_give_the_same_batches_as_the_main_process(esc50_like):
+    df, path = esc50_like
+    runs = []
+    for workers in (0, 2):
+        set_seed(3)
+        dls = get_dls(df, path, bs=4, num_workers=workers, crop_signal_to=300)
+        runs.append([batches(dls.train), batches(dls.train), batches(dls.valid)])
+    for a, b in zip(*runs):
+        assert len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_short_clips_report_their_valid_length(tmp_path):
+    (tmp_path / "audio").mkdir()
+    for i, seconds in enumerate([0.1, 0.2, 0.3, 0.6]):
+        write_audio(tmp_path / "audio" / f"{i}.wav", tone(500, 8000, seconds), 8000)
+    df = pd.DataFrame(
+        dict(filename=[f"{i}.wav" for i in range(4)] * 2, fold=[1] * 4 + [2] * 4, category=list("abcd") * 2)
+    )
+    for fast in (True, False):
+        dls = get_dls(df, tmp_path / "audio", bs=4, num_workers=0, crop_signal_to=500, sample_rate=8000, fast=fast)
+        x, _ = dls.valid.one_batch()
+        assert x.lengths.dtype == torch.int64 and sorted(x.lengths.tolist()) == [800, 1600, 2400, 4000]
+        assert x.shape == (4, 1, 4000)
+    # without a crop, the fast path pads a batch at the end to its longest clip
+    x, _ = get_dls(df, tmp_path / "audio", bs=4, num_workers=0, sample_rate=8000, shuffle=False).valid.one_batch()
+    assert x.shape == (4, 1, 4800) and x.lengths.tolist() == [800, 1600, 2400, 4800]
+    assert (x[0, 0, 800:] == 0).all() and (x[0, 0, :800] != 0).any()
+
+
+def test_batch_larger_than_the_training_set_is_clamped_with_a_warning(esc50_like):
+    df, path = esc50_like
+    with pytest.warns(UserWarning, match="bs=64 is larger than the 12 training clips"):
+        dls = get_dls(df, path, bs=64, num_workers=0, crop_signal_to=200)
+    assert len(dls.train) == 1 and dls.train.bs == 12 and dls.valid.bs == 64
+    x, _ = dls.train.one_batch()
+    assert x.shape[0] == 12
+
+
+class Double(Transform):
+    "A test item transform: the waveform times two."
+
+    def encodes(self, x: AudioTensor):
+        return x * 2
+
+
+def test_item_transforms_run_on_the_fast_path_and_test_dl_falls_back(esc50_like):
+    df, path = esc50_like
+    kwargs = dict(bs=4, num_workers=0, crop_signal_to=500, item_tfms=[Double()], store_dtype="float32")
+    fast, slow = get_dls(df, path, **kwargs), get_dls(df, path, fast=False, **kwargs)
+    xf, xs = fast.valid.one_batch()[0], slow.valid.one_batch()[0]
+    torch.testing.assert_close(xf.as_subclass(torch.Tensor), xs.as_subclass(torch.Tensor), rtol=0, atol=2e-6)
+    assert xf.lengths.tolist() == [8000] * 4
+    stored = fast.test_dl(df.iloc[:3])
+    (path / "new.wav").write_bytes((path / df.filename[0]).read_bytes())
+    unseen = fast.test_dl(pd.DataFrame(dict(filename=["new.wav"] * 3, fold=1, category="class0")))
+    assert type(stored).__name__ == "WaveformDL" and type(unseen).__name__ == "AudioDL"
+    for dl in (stored, unseen):
+        x = dl.one_batch()[0]
+        assert x.shape == (3, 1, 8000) and x.sr == 16000 and x.lengths.tolist() == [8000] * 3
+        first = x.as_subclass(torch.Tensor)[:1] / 2  # the test DataLoaders keep the item transforms
+        expected = Pipeline(audio_item_tfms(16000, crop_signal_to=500))(AudioTensor.create(path / df.filename[0]))
+        torch.testing.assert_close(first[0], expected.as_subclass(torch.Tensor), rtol=0, atol=2e-6)
+
+
+def test_store_in_cache_folder_is_reused(esc50_like, tmp_path):
+    df, path = esc50_like
+    folder = tmp_path / "store"
+    a = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, cache_folder=folder)
+    b = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, cache_folder=folder)
+    assert a.train.store.path == b.train.store.path and len(list(folder.glob("*.samples"))) == 1
+    assert all(torch.equal(u, v) for u, v in zip(batches(a.valid), batches(b.valid)))
