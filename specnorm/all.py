@@ -7,10 +7,12 @@ from .data import *
 from .drift import *
 from .experiment import *
 from .instance import *
+from .loader import *
 from .normalize import *
 from .pcen import *
 from .signal import *
 from .sliding import *
 from .spectrogram import *
 from .stats import *
+from .store import *
 from .synth import *

@@ -13,6 +13,8 @@ validation split), from random numbers drawn in the main process before each epo
 not depend on `num_workers`. User item transforms still run, per item, on the cropped waveforms.
 """
 
+import random
+
 import numpy as np
 import torch
 from fastai.data.core import TfmdDL
@@ -145,8 +147,10 @@ class WaveformDL(AudioDL):
     def before_iter(self):
         super().before_iter()
         self.item_tfms.split_idx = getattr(self.dataset, "split_idx", None)
-        if self.training:  # one uniform number per item and epoch: its crop start or its padding split
-            self.uniform = np.random.default_rng(self.rng.getrandbits(64)).random(len(self.dataset))
+        if self.training:
+            # One uniform number per item and epoch (its crop start or padding split), drawn here in the
+            # main process from Python's `random`, as `ResizeSignal` draws: `set_seed` fixes both paths.
+            self.uniform = np.random.default_rng(random.getrandbits(64)).random(len(self.dataset))
 
     def create_item(self, s):
         return 0 if s is None else s  # an index: the batch is made in `create_batch`

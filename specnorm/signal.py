@@ -96,6 +96,7 @@ def resample(x, orig_sr, new_sr):
         `[..., T]` -> `[..., ceil(T * new_sr / orig_sr)]`, as `torchaudio.functional.resample`.
 
     Example:
+        >>> import torch
         >>> resample(torch.randn(2, 1, 16000), 16000, 17001).shape
         torch.Size([2, 1, 17001])
     """
