@@ -26,7 +26,6 @@ its float32 value relative to it, or 6e-8 absolute below float16's normal range 
 
 import hashlib
 import json
-import math
 import os
 import sys
 import zlib
@@ -194,15 +193,23 @@ class WaveformStore:
         return f"{files_hash}-{sources_hash}"
 
     @staticmethod
-    def _info(fn, sample_rate, force_mono):
+    def _info(fn):
+        "`(rate, channels, frames)` of `fn` from its header."
         try:
             info = sf.info(fn)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
             raise ValueError(f"cannot decode audio file {fn}: {e}") from e
-        sr = info.samplerate if sample_rate is None else sample_rate
-        # the output length of `resample`: ceil(frames * new / orig)
-        n = info.frames if sr == info.samplerate else math.ceil(info.frames * sr / info.samplerate)
-        return (1 if force_mono else info.channels), n, sr
+        if info.frames == 0:
+            raise ValueError(f"audio file {fn} has no samples")
+        return info.samplerate, info.channels, info.frames
+
+    @staticmethod
+    def _read_into(fn, out):
+        "Decode `fn` into `out` `[frames, channels]` float32, as `AudioTensor.create` reads it."
+        try:
+            sf.read(fn, out=out, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            raise ValueError(f"cannot decode audio file {fn}: {e}") from e
 
     @classmethod
     def _decode_all(cls, files, folder, key, settings, n_workers, progress, device):
@@ -210,8 +217,11 @@ class WaveformStore:
         n_workers = os.cpu_count() if n_workers is None else n_workers
         device = torch.device("cpu" if device is None else device)
         with ThreadPoolExecutor(max(1, n_workers)) as pool:
-            info = np.array(list(pool.map(lambda f: cls._info(f, sample_rate, force_mono), files)), dtype=np.int64)
-            channels, nsamples, rates = info[:, 0].copy(), info[:, 1].copy(), info[:, 2].copy()
+            src = np.array(list(pool.map(cls._info, files)), dtype=np.int64)  # rate, channels, frames
+            rates = src[:, 0] if sample_rate is None else np.full(len(files), sample_rate, dtype=np.int64)
+            channels = np.ones(len(files), dtype=np.int64) if force_mono else src[:, 1].copy()
+            # the output length of `resample`: ceil(frames * new / orig), in integers
+            nsamples = -(-src[:, 2] * rates // src[:, 0])
             sizes = channels * nsamples
             offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
             total = int(sizes.sum())
@@ -219,45 +229,42 @@ class WaveformStore:
                 folder = Path(folder)
                 folder.mkdir(parents=True, exist_ok=True)
                 tmp = folder / f"{key}.samples.{os.getpid()}.tmp"
-                data = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(total, 1),))[:total]
+                data = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
             else:
                 data = np.empty(total, dtype=dtype)
-            chunks = range(0, len(files), BUILD_CHUNK)
+            # Files with the same rate, channels and length decode into one buffer and resample as one stack.
+            groups = {}
+            for row, shape in enumerate(map(tuple, src)):
+                groups.setdefault(shape, []).append(row)
+            chunks = [
+                (shape, rows[i : i + BUILD_CHUNK])
+                for shape, rows in groups.items()
+                for i in range(0, len(rows), BUILD_CHUNK)
+            ]
             if progress if progress is not None else _progress_wanted():
                 from fastprogress.fastprogress import progress_bar
 
-                chunks = progress_bar(chunks, total=len(chunks))
-            for start in chunks:
-                rows = range(start, min(start + BUILD_CHUNK, len(files)))
-                clips = pool.map(lambda r: cls._load(files[r], force_mono), rows)
-                cls._store_chunk(data, list(rows), list(clips), offsets, channels, nsamples, rates, device, files)
+                chunks = progress_bar(chunks)
+            for (sr, n_ch, frames), rows in chunks:
+                buf = np.empty((len(rows), frames, n_ch), dtype=np.float32)
+                list(pool.map(cls._read_into, [files[r] for r in rows], buf))
+                bad = ~np.isfinite(buf).all(axis=(1, 2))
+                if bad.any():
+                    raise ValueError(f"audio file {files[rows[int(bad.argmax())]]} contains NaN or Inf samples")
+                x = torch.from_numpy(buf).transpose(1, 2)  # [B, C, T]
+                if force_mono and n_ch > 1:
+                    x = x.mean(1, keepdim=True)
+                y = resample(x.to(device), sr, int(rates[rows[0]])).cpu().numpy()
+                if data.dtype == np.float16 and np.abs(y).max() > np.finfo(np.float16).max:
+                    raise ValueError(
+                        f"audio files {files[rows[0]]} ... have samples beyond float16: use dtype='float32'"
+                    )
+                for row, clip in zip(rows, y):
+                    data[offsets[row] : offsets[row] + sizes[row]] = clip.ravel()
         store = cls(files, data, offsets, channels, nsamples, rates)
         if folder is not None:
             store._save(folder, key, settings, tmp)
         return store
-
-    @staticmethod
-    def _load(fn, force_mono):
-        "`(samples [C, T] float32, rate)` of `fn`, downmixed first: the mean commutes with resampling."
-        x = AudioTensor.create(fn)  # names the file when it is empty, undecodable or not finite
-        sr, x = int(x.sr), x.as_subclass(torch.Tensor)
-        return (x.mean(0, keepdim=True) if force_mono and x.shape[0] > 1 else x), sr
-
-    @staticmethod
-    def _store_chunk(data, rows, clips, offsets, channels, nsamples, rates, device, files):
-        # Clips with the same source rate and shape resample as one stack, in one call.
-        groups = {}
-        for row, (x, sr) in zip(rows, clips):
-            groups.setdefault((sr, tuple(x.shape)), []).append((row, x))
-        for (sr, _), members in groups.items():
-            stack = torch.stack([x for _, x in members]).to(device)
-            out = resample(stack, sr, int(rates[members[0][0]])).cpu().numpy()
-            for (row, _), y in zip(members, out):
-                if y.shape != (channels[row], nsamples[row]):
-                    raise ValueError(f"audio file {files[row]} changed while the store was built: build it again")
-                if data.dtype == np.float16 and np.abs(y).max() > np.finfo(np.float16).max:
-                    raise ValueError(f"audio file {files[row]} has samples beyond float16's range: use dtype='float32'")
-                data[offsets[row] : offsets[row] + y.size] = y.ravel()
 
     # -- on disk ---------------------------------------------------------------------------------------
 
