@@ -255,10 +255,10 @@ class WaveformStore:
                 if force_mono and n_ch > 1:
                     x = x.mean(1, keepdim=True)
                 y = resample(x.to(device), sr, int(rates[rows[0]])).cpu().numpy()
-                if data.dtype == np.float16 and np.abs(y).max() > np.finfo(np.float16).max:
-                    raise ValueError(
-                        f"audio files {files[rows[0]]} ... have samples beyond float16: use dtype='float32'"
-                    )
+                peaks = np.abs(y).reshape(len(rows), -1).max(1)
+                if data.dtype == np.float16 and peaks.max() > np.finfo(np.float16).max:
+                    fn = files[rows[int(peaks.argmax())]]
+                    raise ValueError(f"audio file {fn} has samples beyond float16's range: use dtype='float32'")
                 for row, clip in zip(rows, y):
                     data[offsets[row] : offsets[row] + sizes[row]] = clip.ravel()
         store = cls(files, data, offsets, channels, nsamples, rates)

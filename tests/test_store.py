@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import tone, write_audio
 from fasttransform import Pipeline
@@ -107,6 +108,11 @@ def test_bad_files_are_named(files, tmp_path):
         WaveformStore.build([*files, str(tmp_path / "ghost.wav")], progress=False)
     with pytest.raises(ValueError, match="dtype"):
         WaveformStore.build(files, dtype="int8")
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, np.full(1000, 1e5, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="loud.wav has samples beyond float16's range"):
+        WaveformStore.build([*files, str(loud)], progress=False)
+    assert WaveformStore.build([str(loud)], dtype="float32", progress=False)[0].max() == 1e5
 
 
 def test_memory_mapped_store_pickles_as_its_path(files, tmp_path):
