@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tone, write_audio
+from conftest import no_host_reads, tone, write_audio
 from fastai.torch_core import TensorCategory, set_seed
 from fasttransform import Pipeline, Transform
 
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.config import AudioConfig
 from specnorm.data import AudioBlock, CrossValidationSplitter, audio_item_tfms, get_dls
+from specnorm.loader import _to_device
 from specnorm.spectrogram import AudioToSpec
 from specnorm.store import FLOAT16_ATOL, FLOAT16_RTOL
 
@@ -238,3 +239,17 @@ def test_store_in_cache_folder_is_reused(esc50_like, tmp_path):
     b = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, cache_folder=folder)
     assert a.train.store.path == b.train.store.path and len(list(folder.glob("*.samples"))) == 1
     assert all(torch.equal(u, v) for u, v in zip(batches(a.valid), batches(b.valid)))
+
+
+def test_fast_path_batches_read_no_tensor_values_on_the_host(esc50_like, device):
+    "Making a batch, copying it to the device and the batch transforms never wait for the device."
+    df, path = esc50_like
+    tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())]
+    dl = get_dls(df, path, bs=4, num_workers=0, crop_signal_to=500, batch_tfms=tfms, device=device).train
+    dl.before_iter()
+    with no_host_reads():
+        b = dl.do_batch([dl.do_item(i) for i in (3, 1, 2, 0)])
+        x, _ = dl.after_batch(tuple(_to_device(o, device) for o in b))
+    assert isinstance(x, AudioSpectrogram) and x.device.type == device.type and x.shape == (4, 1, 201, 41)
+    assert b[0].lengths.device.type == "cpu"  # the DataLoader moves it with the batch:
+    assert _to_device(b[0], device).lengths.device.type == device.type
