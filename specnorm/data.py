@@ -82,7 +82,7 @@ def get_dls(
     crop_signal_to=None,
     cache_folder=None,
     fast=True,
-    store_dtype="float16",
+    store_dtype="float32",
     pad_mode="zeros",
     **kwargs,
 ):
@@ -91,9 +91,9 @@ def get_dls(
     The fast path (default) decodes, downmixes and resamples every file once into a `WaveformStore`
     (in memory, or memory-mapped under `cache_folder` and reused by later runs), then makes each batch
     as one gather of crops from it (`WaveformDL`). Its batches equal those of the per-item path
-    (`fast=False`: fastai's pipeline of `AudioBlock` item transforms) to float16 rounding (a relative
-    `store.FLOAT16_RTOL` = 2**-11 per sample), or exactly with `store_dtype='float32'`; the random
-    crops are drawn the same way, though not from the same random numbers.
+    (`fast=False`: fastai's pipeline of `AudioBlock` item transforms) to float32 rounding (1e-6: the
+    store downmixes before resampling), or to float16 rounding with `store_dtype='float16'` (a relative
+    `store.FLOAT16_RTOL` = 2**-11 per sample, half the memory); the random crops are drawn the same way.
 
     Args:
         df: one row per clip; `fn_col` names a file under `path` (ESC-50: `path/'audio'`, `meta/esc50.csv`).
@@ -112,7 +112,7 @@ def get_dls(
         cache_folder: where the store lives on disk (fast path; `AudioCache` files with `fast=False`).
             None keeps the store in memory for the session.
         fast (bool): the store and `WaveformDL` (True) or fastai's per-item pipeline (False).
-        store_dtype (str): `'float16'` (half the memory) or `'float32'` (exact) samples in the store.
+        store_dtype (str): `'float32'` (default, exact) or `'float16'` (half the memory) samples in the store.
         pad_mode (str): how `crop_signal_to` pads short clips: `'zeros'`, `'zeros_after'` or `'repeat'`.
         **kwargs: passed on to fastai's `DataLoaders` (`device`, `num_workers`, `shuffle`, `pin_memory`...).
             On the fast path `num_workers` defaults to 0 (a batch is one gather: workers only add copies)
@@ -184,7 +184,7 @@ def get_dls(
         pref=pref,
         duration=crop_signal_to,
         pad_mode=pad_mode,
-        item_tfms=item_tfms,
+        after_item=item_tfms,
         per_item_tfms=block.item_tfms,
         after_batch=[AsFloat32(), *block.batch_tfms],
         **kwargs,

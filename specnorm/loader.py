@@ -20,7 +20,6 @@ import torch
 from fastai.data.core import TfmdDL
 from fastai.data.load import _loaders, fa_collate
 from fastai.data.transforms import DisplayedTransform
-from fasttransform import Pipeline
 
 from .audio import AudioTensor
 
@@ -92,15 +91,18 @@ class WaveformDL(AudioDL):
         duration (float or None): crop or pad every clip to this many milliseconds (`ResizeSignal`);
             None pads each batch at the end to its longest clip.
         pad_mode (str): `'zeros'`, `'zeros_after'` or `'repeat'`, as `ResizeSignal`.
-        item_tfms: transforms applied per item to `(waveform, target)` after the crop (slower; prefer
-            batch transforms).
         per_item_tfms: the full per-item pipeline (read, resample, crop, `item_tfms`), used by `new`
             for items that are not in the store (e.g. `dls.test_dl(files)`).
-        **kwargs: passed to fastai's `TfmdDL` (`bs`, `shuffle`, `after_batch`, `device`, ...).
+        **kwargs: passed to fastai's `TfmdDL` (`bs`, `shuffle`, `after_batch`, `device`, ...); `after_item`
+            transforms run per item on `(waveform, target)` after the crop (slower than batch transforms).
 
     Shape:
         batch `(AudioTensor [B, C, round(duration * sr / 1000)] with lengths [B], targets [B])`.
     """
+
+    # fastai's `DataLoader.new` passes every non-method attribute named in `_methods` to the new loader:
+    # listing the store settings there makes any copy (`new`, statistics loaders) a working `WaveformDL`.
+    _methods = (*AudioDL._methods, "store", "fn_col", "pref", "duration", "pad_mode", "per_item_tfms")
 
     def __init__(
         self,
@@ -110,12 +112,11 @@ class WaveformDL(AudioDL):
         pref="",
         duration=None,
         pad_mode="zeros",
-        item_tfms=None,
         per_item_tfms=None,
         **kwargs,
     ):
         self.store, self.fn_col, self.pref, self.duration, self.pad_mode = store, fn_col, pref, duration, pad_mode
-        self.item_tfms, self.per_item_tfms = Pipeline(item_tfms), per_item_tfms
+        self.per_item_tfms = per_item_tfms
         row_of = {f: i for i, f in enumerate(store.files)}
         self.rows = np.array([row_of[f"{pref}{fn}"] for fn in dataset.items[fn_col]], dtype=np.int64)
         n_inp = getattr(dataset, "n_inp", 1)
@@ -133,12 +134,11 @@ class WaveformDL(AudioDL):
         return all(f"{pref}{fn}" in files for fn in items[fn_col])
 
     def new(self, dataset=None, cls=None, **kwargs):
-        if dataset is not None and not self.stores(self.store, dataset, self.fn_col, self.pref):
-            # Items the store lacks go through the per-item pipeline.
+        if dataset is not None and (len(dataset) == 0 or not self.stores(self.store, dataset, self.fn_col, self.pref)):
+            # Items the store lacks go through the per-item pipeline; so does an empty dataset
+            # (`Learner.export` pickles one: the store stays out of the exported file).
             return super().new(dataset, cls=AudioDL, after_item=self.per_item_tfms, **kwargs)
-        own = dict(store=self.store, fn_col=self.fn_col, pref=self.pref, duration=self.duration)
-        own |= dict(pad_mode=self.pad_mode, item_tfms=self.item_tfms, per_item_tfms=self.per_item_tfms)
-        return super().new(dataset, cls, **(own | kwargs))
+        return super().new(dataset, cls, **kwargs)
 
     @property
     def training(self):
@@ -146,7 +146,6 @@ class WaveformDL(AudioDL):
 
     def before_iter(self):
         super().before_iter()
-        self.item_tfms.split_idx = getattr(self.dataset, "split_idx", None)
         if self.training:
             # One uniform number per item and epoch (its crop start or padding split), drawn here in the
             # main process from Python's `random`, as `ResizeSignal` draws: `set_seed` fixes both paths.
@@ -154,6 +153,9 @@ class WaveformDL(AudioDL):
 
     def create_item(self, s):
         return 0 if s is None else s  # an index: the batch is made in `create_batch`
+
+    def do_item(self, s):
+        return self.create_item(s)  # `after_item` runs in `create_batch`, on the cropped clips
 
     def retain(self, res, b):
         return res
@@ -177,11 +179,11 @@ class WaveformDL(AudioDL):
         n = round(self.duration * sr / 1000) if self.duration is not None else int(t.max())
         data, lengths = self.store.gather(rows, n, self.starts(idx, t, n), self.pad_mode)
         ys = [y[torch.from_numpy(idx)] for y in self.ys]
-        if not self.item_tfms.fs:
+        if not self.after_item.fs:
             return (AudioTensor(torch.from_numpy(data), sr=sr, lengths=torch.from_numpy(lengths)), *ys)
         data = torch.from_numpy(data).float()
         items = [
-            self.item_tfms((AudioTensor(data[i], sr=sr, lengths=int(lengths[i])), *(y[i] for y in ys)))
+            self.after_item((AudioTensor(data[i], sr=sr, lengths=int(lengths[i])), *(y[i] for y in ys)))
             for i in range(len(idx))
         ]
         return super().create_batch(items)

@@ -4,20 +4,21 @@ Decoding a file costs a file open, a header parse and a copy; resampling costs a
 the same result every epoch and every run, so `WaveformStore.build` does them once for every file of a
 dataset: files are decoded by a thread pool (libsndfile releases the GIL), downmixed, and resampled in
 stacks of equal-length clips on the given device (`specnorm.signal.resample`, the filter of `Resample`).
-The samples go into one flat array (float16 by default: half the disk and memory of float32), the
+The samples go into one flat array (float32, or float16 for half the disk and memory), the
 index holds each clip's offset, channels, length and rate. A batch is then a gather of slices (one
 contiguous copy per clip), with no file open and no per-item transform (`WaveformDL` in `specnorm.loader`).
 
 On disk (`folder=`) the store is two files, `<key>.samples` (raw samples, memory-mapped: only the pages
 a batch touches are read, and the OS page cache shares them between DataLoader workers) and
-`<key>.json` (settings, index checksum, sample checksum), written last so that its presence marks a
+`<key>.json` (settings, files, index, CRC-32 of the samples), written last so that its presence marks a
 complete store. The key hashes the settings and `source_key` of every file (path, size, mtime, inode,
 ctime: the key of `AudioCache`), so a changed source or setting builds a new store (the old one of the
-same file list is removed). A store whose sample file has the wrong size or whose checksums differ is
+same file list is removed). A store whose sample file has the wrong size or checksum, or whose header does not parse, is
 refused with an error naming it. Without `folder` the store lives in memory for the session.
 
-Cost: 2 bytes per sample in float16 (4 in float32). ESC-50 (2000 clips of 5 s) at 16 kHz mono:
-2000 * 80000 * 2 B = 320 MB on disk, and at most that in the page cache (memory that the OS reclaims).
+Cost: 4 bytes per sample in float32, 2 in float16. ESC-50 (2000 clips of 5 s) at 16 kHz mono:
+2000 * 80000 samples = 640 MB (float32) or 320 MB (float16) on disk, and at most that in the page cache
+(memory that the OS reclaims).
 
 float16 keeps 11 significant bits: each stored sample is within `FLOAT16_RTOL` = 2**-11 (4.9e-4) of
 its float32 value relative to it, or 6e-8 absolute below float16's normal range (6.1e-5);
@@ -85,7 +86,7 @@ class WaveformStore:
         >>> AudioTensor(torch.zeros(2, 44100), sr=44100).save(d/'a.wav')
         >>> store = WaveformStore.build([d/'a.wav'], d/'store', sample_rate=16000, progress=False)
         >>> store[0].shape, store[0].sr, store.nbytes
-        (torch.Size([1, 16000]), 16000, 32000)
+        (torch.Size([1, 16000]), 16000, 64000)
     """
 
     def __init__(self, files, data, offsets, channels, nsamples, rates, path=None):
@@ -147,7 +148,7 @@ class WaveformStore:
         folder=None,
         sample_rate=16000,
         force_mono=True,
-        dtype="float16",
+        dtype="float32",
         n_workers=None,
         progress=None,
         device=None,
@@ -160,7 +161,7 @@ class WaveformStore:
             folder: where the store lives on disk; None keeps it in memory.
             sample_rate (int or None): resample to this rate (None keeps each file's rate).
             force_mono (bool): average the channels.
-            dtype (str): `'float16'` (default, half the size) or `'float32'` (exact).
+            dtype (str): `'float32'` (default, exact) or `'float16'` (half the size).
             n_workers (int): decoding threads (default: the CPU count).
             progress (bool): show a progress bar (default: only on a terminal or in a notebook).
             device: where to resample (default: the CPU); a GPU resamples faster.
