@@ -103,7 +103,7 @@ def model_only(device, smoke):
     from fastai.vision.models.xresnet import xresnet18
 
     bs, steps = (4, 2) if smoke else (64, 20)
-    model = xresnet18(n_in=1, n_out=50).to(device)
+    model = xresnet18(c_in=1, n_out=50).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(bs, 1, 201, 401, device=device), torch.randint(0, 50, (bs,), device=device)
     out = {}
@@ -121,6 +121,36 @@ def model_only(device, smoke):
     return out
 
 
+def fit_throughput(df, folder, seconds, device, smoke):
+    "Clips/s of one `Learner.fit` epoch (train + valid) on `get_dls` batches, and the GPU's busy share."
+    import threading
+
+    from fastai.learner import Learner
+    from fastai.vision.models.xresnet import xresnet18
+
+    dls = make_dls(df, folder, seconds, device, 4 if smoke else 64)
+    learn = Learner(dls, xresnet18(c_in=1, n_out=dls.c))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1)  # warm-up: cuDNN autotuning, the store's pages
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            try:
+                samples.append(torch.cuda.utilization(device))
+            except Exception:  # no NVML: utilization unknown
+                return
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    if device.type == "cuda":
+        watcher.start()
+    with learn.no_bar(), learn.no_logging():
+        seconds_fit = timeit(lambda: learn.fit(1), device=device, repeat=1, warmup=0)
+    done.set()
+    busy = f"{np.mean(samples):.0f} %" if samples else "n/a"
+    return len(df) / seconds_fit, busy
+
+
 def run(device="cpu", smoke=False):
     device = torch.device(device)
     if smoke:
@@ -134,16 +164,24 @@ def run(device="cpu", smoke=False):
         f"{N_FFT}-point power spectrograms in dB at 16 kHz (specnorm also normalizes), batches of 64; speed-up "
         f"against per-item librosa (`load(sr=16000)` with soxr, `stft`, `power_to_db`) on the same files.\n\n"
         + markdown_table(("pipeline", "clips/s", "vs librosa"), rows)
-        + "\n\nCold includes building the `WaveformStore` (decode in threads, resample stacks of equal clips): "
-        "after that a batch is one gather of crops, the spectrogram is one batched STFT. On a CPU the batch "
-        "transforms (STFT, dB) dominate warm epochs; on a GPU they run on the device. With the store, worker "
-        "processes only add copies (`get_dls` defaults to `num_workers=0` on the fast path)."
+        + "\n\nCold includes building the `WaveformStore` in memory (decode in threads, resample stacks of "
+        "equal clips); warm epochs make each batch as one gather of crops from it, so on a CPU they cost what "
+        "the batch transforms cost (`AudioToSpec`'s STFT and dB, `SpecNormalize`), and on a GPU those run on "
+        "the device. With the store, worker processes only add copies: `get_dls` defaults to `num_workers=0` "
+        "on its fast path."
     )
     if device.type == "cuda":
         sync(device)
         speeds = model_only(device, smoke)
-        text += "\n\n" + markdown_table(
-            ("xresnet18 training steps alone, [64, 1, 201, 401]", "clips/s"),
-            [(k, f"{v:.0f}") for k, v in speeds.items()],
+        name, n, seconds, sr_in = cases[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            df = make_files(Path(tmp), n, seconds, sr_in)
+            fit, busy = fit_throughput(df, Path(tmp), seconds, device, smoke)
+        rows = [(f"xresnet18 training steps alone, {k}", f"{v:.0f}", "") for k, v in speeds.items()]
+        rows.append((f"Learner.fit, one epoch on get_dls batches ({name}, fp32)", f"{fit:.0f}", busy))
+        text += "\n\n" + markdown_table(("model, [64, 1, 201, 401]", "clips/s", "GPU busy"), rows)
+        text += (
+            f"\n\n`Learner.fit` reaches {fit / speeds['fp32']:.0%} of the model-only fp32 throughput "
+            "(GPU busy: `torch.cuda.utilization`, sampled every 100 ms)."
         )
     return text

@@ -150,3 +150,14 @@ def test_resample_accepts_fastaudio_keyword_and_rejects_ambiguity():
         Resample(16000, sr_new=8000)
     with pytest.raises(ValueError, match="positive"):
         resample(torch.zeros(1, 10), 0, 16000)
+
+
+def test_resize_records_the_valid_length_and_resample_scales_it():
+    x = AudioTensor(torch.ones(1, 300), sr=1000)
+    assert ResizeSignal(500)(x).lengths == 300  # padded: the signal's own samples
+    assert ResizeSignal(200)(x).lengths == 200  # cropped: all signal
+    assert ResizeSignal(500, pad_mode="repeat")(x).lengths == 500
+    batch = AudioTensor(torch.ones(2, 1, 500), sr=1000, lengths=torch.tensor([300, 500]))
+    out = Resample(3000)(batch)
+    assert out.shape == (2, 1, 1500) and out.lengths.tolist() == [900, 1500]
+    assert Resample(441)(batch).lengths.tolist() == [math.ceil(300 * 0.441), math.ceil(500 * 0.441)]
