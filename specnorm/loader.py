@@ -92,7 +92,7 @@ class WaveformDL(AudioDL):
             None pads each batch at the end to its longest clip.
         pad_mode (str): `'zeros'`, `'zeros_after'` or `'repeat'`, as `ResizeSignal`.
         per_item_tfms: the full per-item pipeline (read, resample, crop, `item_tfms`), used by `new`
-            for items that are not in the store (e.g. `dls.test_dl(files)`).
+            for items that are not in the store (`dls.test_dl(new_df)` of other files) and empty datasets.
         **kwargs: passed to fastai's `TfmdDL` (`bs`, `shuffle`, `after_batch`, `device`, ...); `after_item`
             transforms run per item on `(waveform, target)` after the crop (slower than batch transforms).
 

@@ -253,3 +253,21 @@ def test_fast_path_batches_read_no_tensor_values_on_the_host(esc50_like, device)
     assert isinstance(x, AudioSpectrogram) and x.device.type == device.type and x.shape == (4, 1, 201, 41)
     assert b[0].lengths.device.type == "cpu"  # the DataLoader moves it with the batch:
     assert _to_device(b[0], device).lengths.device.type == device.type
+
+
+class ThreadCount(Transform):
+    "A test item transform: the waveform replaced by the number of torch threads of the process running it."
+
+    order = 100  # after the resampling and the crop of the per-item path
+
+    def encodes(self, x: AudioTensor):
+        return x * 0 + torch.get_num_threads()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_worker_processes_run_torch_on_one_thread(esc50_like, fast):
+    "No thread oversubscription: each worker runs its item work on one thread."
+    df, path = esc50_like
+    dls = get_dls(df, path, bs=4, num_workers=2, crop_signal_to=100, item_tfms=[ThreadCount()], fast=fast)
+    for x, _ in dls.valid:
+        assert (x == 1).all()
