@@ -27,8 +27,9 @@ __all__ = ["DownmixMono", "Resample", "ResizeSignal", "audio_item_tfms", "resamp
 LOWPASS_FILTER_WIDTH, ROLLOFF = 6, 0.99  # torchaudio's defaults: one home for the filter settings
 # Above this many kernel elements (4 MB in float32) the polyphase kernel gives way to direct evaluation.
 MAX_POLYPHASE_ELEMENTS = 1 << 20
-# Elements of the [rows, outputs, taps] gather the direct path holds at once (64 MB in float32).
-DIRECT_CHUNK_ELEMENTS = 1 << 24
+# Elements of the [rows, outputs, taps] gather the direct path holds at once (16 MB in float32; a chunk
+# peaks at about five such arrays).
+DIRECT_CHUNK_ELEMENTS = 1 << 22
 
 
 class _DirectResampler:
