@@ -271,3 +271,15 @@ def test_worker_processes_run_torch_on_one_thread(esc50_like, fast):
     dls = get_dls(df, path, bs=4, num_workers=2, crop_signal_to=100, item_tfms=[ThreadCount()], fast=fast)
     for x, _ in dls.valid:
         assert (x == 1).all()
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros_after", "repeat"])
+def test_pad_modes_agree_between_the_paths(esc50_like, pad_mode):
+    df, path = esc50_like
+    kwargs = dict(bs=4, num_workers=0, crop_signal_to=1700, pad_mode=pad_mode, shuffle=False)
+    xf, _ = get_dls(df, path, **kwargs).valid.one_batch()
+    xs, _ = get_dls(df, path, fast=False, **kwargs).valid.one_batch()
+    torch.testing.assert_close(xf.as_subclass(torch.Tensor), xs.as_subclass(torch.Tensor), rtol=0, atol=1e-6)
+    valid = 27200 if pad_mode == "repeat" else 16000
+    assert xf.lengths.tolist() == xs.lengths.tolist() == [valid] * 4
+    assert (xf[:, :, 16000:] == 0).all() == (pad_mode == "zeros_after")
