@@ -109,8 +109,8 @@ class WaveformStore:
     def gather(self, rows, n, starts, pad_mode="zeros"):
         """`n` samples of each of `rows`, from `starts` (negative: that many zeros first), as one array.
 
-        Positions outside a clip are zeros (`pad_mode` `'zeros'` or `'zeros_after'`), or the clip
-        repeated (`'repeat'`, which starts at 0). All rows must have the same channel count.
+        Positions outside a clip are zeros (`pad_mode` `'zeros'` or `'zeros_after'`); with `'repeat'` a
+        clip shorter than `n` is repeated from its start instead. All rows must have the same channel count.
 
         Returns:
             `(batch, lengths)`: `[B, C, n]` in the store's dtype, and the valid (unpadded) samples per row.
@@ -128,9 +128,8 @@ class WaveformStore:
         for b, (row, start) in enumerate(zip(rows.tolist(), np.asarray(starts).tolist())):
             t, o = int(self.nsamples[row]), int(self.offsets[row])
             clip = self.data[o : o + c * t].reshape(c, t)
-            if pad_mode == "repeat":
-                reps = -(-n // t)
-                out[b] = np.tile(clip, (1, reps))[:, :n] if reps > 1 else clip[:, :n]
+            if pad_mode == "repeat" and t < n:
+                out[b] = np.tile(clip, (1, -(-n // t)))[:, :n]
                 lengths[b] = n
                 continue
             src0, src1 = max(start, 0), min(start + n, t)

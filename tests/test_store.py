@@ -62,8 +62,10 @@ def test_gather_crops_pads_and_repeats():
     assert out.tolist() == [[[1, 2, 3, 4, 5]], [[0, 6, 7, 8, 9]]] and lengths.tolist() == [5, 4]
     out, lengths = store.gather([1, 0], 7, [0, -1], pad_mode="zeros_after")
     assert out.tolist() == [[[6, 7, 8, 9, 0, 0, 0]], [[0, 0, 1, 2, 3, 4, 5]]] and lengths.tolist() == [4, 6]
-    out, lengths = store.gather([1], 9, [0], pad_mode="repeat")
-    assert out.tolist() == [[[6, 7, 8, 9, 6, 7, 8, 9, 6]]] and lengths.tolist() == [9]
+    out, lengths = store.gather([1, 0], 9, [0, 0], pad_mode="repeat")
+    assert out.tolist() == [[[6, 7, 8, 9, 6, 7, 8, 9, 6]], [[0, 1, 2, 3, 4, 5, 0, 1, 2]]] and lengths.tolist() == [9, 9]
+    out, _ = store.gather([0], 3, [2], pad_mode="repeat")  # a long clip is cropped where asked
+    assert out.tolist() == [[[2, 3, 4]]]
 
 
 def test_store_on_disk_is_reused_then_rebuilt_when_a_source_or_a_setting_changes(files, tmp_path):
