@@ -17,7 +17,7 @@ from fastai.torch_core import default_device
 from .audio import AudioTensor
 from .cache import AudioCache
 from .loader import AsFloat32, AudioDL, WaveformDL
-from .signal import audio_item_tfms
+from .signal import ResizeSignal, audio_item_tfms
 from .store import WaveformStore
 
 __all__ = ["AudioBlock", "CrossValidationSplitter", "get_dls"]
@@ -148,6 +148,8 @@ def get_dls(
         item_tfms=item_tfms,
         batch_tfms=batch_tfms,
     )
+    if pad_mode not in ResizeSignal.pad_modes:
+        raise ValueError(f"pad_mode must be one of {ResizeSignal.pad_modes}, not {pad_mode!r}")
     if crop_signal_to is not None and pad_mode != "zeros":
         for tfm in block.item_tfms:
             if hasattr(tfm, "pad_mode"):

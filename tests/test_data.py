@@ -91,6 +91,8 @@ def test_get_dls_errors_name_what_is_wrong(esc50_like, tmp_path):
         get_dls(df, path, fold=9, num_workers=0)
     with pytest.raises(FileNotFoundError, match="audio folder not found"):
         get_dls(df, tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="pad_mode must be one of"):
+        get_dls(df, path, pad_mode="reflect")
     bad = pd.concat([df, pd.DataFrame([dict(filename="ghost.wav", fold=1, target=0, category="class0")])])
     with pytest.raises(FileNotFoundError, match="1 files listed in column 'filename' are not in .*: ghost.wav"):
         get_dls(bad, path)
