@@ -20,6 +20,7 @@ import torch
 from fastai.data.core import TfmdDL
 from fastai.data.load import _loaders, fa_collate
 from fastai.data.transforms import DisplayedTransform
+from torch.utils.data import get_worker_info
 
 from .audio import AudioTensor
 
@@ -91,6 +92,9 @@ class WaveformDL(AudioDL):
         duration (float or None): crop or pad every clip to this many milliseconds (`ResizeSignal`);
             None pads each batch at the end to its longest clip.
         pad_mode (str): `'zeros'`, `'zeros_after'` or `'repeat'`, as `ResizeSignal`.
+        on_device (bool): gather batches from a copy of the store's samples on the loader's device (made
+            once, `WaveformStore.samples_on`): on a GPU no batch crosses the bus. Only in the main process
+            (`num_workers=0`) and without `after_item` transforms; elsewhere batches are gathered on the host.
         per_item_tfms: the full per-item pipeline (read, resample, crop, `item_tfms`), used by `new`
             for items that are not in the store (`dls.test_dl(new_df)` of other files) and empty datasets.
         **kwargs: passed to fastai's `TfmdDL` (`bs`, `shuffle`, `after_batch`, `device`, ...); `after_item`
@@ -102,7 +106,7 @@ class WaveformDL(AudioDL):
 
     # fastai's `DataLoader.new` passes every non-method attribute named in `_methods` to the new loader:
     # listing the store settings there makes any copy (`new`, statistics loaders) a working `WaveformDL`.
-    _methods = (*AudioDL._methods, "store", "fn_col", "pref", "duration", "pad_mode", "per_item_tfms")
+    _methods = (*AudioDL._methods, "store", "fn_col", "pref", "duration", "pad_mode", "per_item_tfms", "on_device")
 
     def __init__(
         self,
@@ -113,10 +117,11 @@ class WaveformDL(AudioDL):
         duration=None,
         pad_mode="zeros",
         per_item_tfms=None,
+        on_device=False,
         **kwargs,
     ):
         self.store, self.fn_col, self.pref, self.duration, self.pad_mode = store, fn_col, pref, duration, pad_mode
-        self.per_item_tfms = per_item_tfms
+        self.per_item_tfms, self.on_device = per_item_tfms, on_device
         row_of = {f: i for i, f in enumerate(store.files)}
         self.rows = np.array([row_of[f"{pref}{fn}"] for fn in dataset.items[fn_col]], dtype=np.int64)
         n_inp = getattr(dataset, "n_inp", 1)
@@ -177,8 +182,12 @@ class WaveformDL(AudioDL):
         rows = self.rows[idx]
         sr, t = int(self.store.rates[rows[0]]), self.store.nsamples[rows]
         n = round(self.duration * sr / 1000) if self.duration is not None else int(t.max())
-        data, lengths = self.store.gather(rows, n, self.starts(idx, t, n), self.pad_mode)
-        ys = [y[torch.from_numpy(idx)] for y in self.ys]
+        starts, ys = self.starts(idx, t, n), [y[torch.from_numpy(idx)] for y in self.ys]
+        if self.on_device and self.device is not None and not self.after_item.fs and get_worker_info() is None:
+            data, lengths = self.store.take(self.store.samples_on(self.device), rows, n, starts, self.pad_mode)
+            lengths = torch.from_numpy(lengths).to(data.device, non_blocking=True)
+            return (AudioTensor(data, sr=sr, lengths=lengths), *ys)
+        data, lengths = self.store.gather(rows, n, starts, self.pad_mode)
         if not self.after_item.fs:
             return (AudioTensor(torch.from_numpy(data), sr=sr, lengths=torch.from_numpy(lengths)), *ys)
         data = torch.from_numpy(data).float()

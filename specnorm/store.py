@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,6 +93,16 @@ class WaveformStore:
     def __init__(self, files, data, offsets, channels, nsamples, rates, path=None):
         self.files, self.data, self.path = list(files), data, path
         self.offsets, self.channels, self.nsamples, self.rates = offsets, channels, nsamples, rates
+        self._copies = {}  # device -> the samples as a tensor there (`samples_on`)
+
+    def samples_on(self, device):
+        "The samples as one tensor on `device`, copied there once and shared by every loader of this store."
+        key = str(torch.device(device))
+        if key not in self._copies:
+            with warnings.catch_warnings():  # a read-only memory map: torch only reads it, to copy it
+                warnings.simplefilter("ignore", UserWarning)
+                self._copies[key] = torch.from_numpy(np.asarray(self.data)).to(device)
+        return self._copies[key]
 
     def __len__(self):
         return len(self.files)
@@ -137,6 +148,33 @@ class WaveformStore:
             out[b, :, dst0 : dst0 + src1 - src0] = clip[:, src0:src1]
             lengths[b] = src1 - src0
         return out, lengths
+
+    def take(self, samples, rows, n, starts, pad_mode="zeros"):
+        """`gather` with torch ops on `samples`, this store's `data` as a tensor on any device (e.g. a GPU
+        copy made once): the batch is made where it will be used, with no host copy and no host read.
+
+        Returns:
+            `(batch, lengths)`: a tensor `[B, C, n]` on `samples.device`, and the valid samples (numpy).
+        """
+        rows, starts = np.asarray(rows), np.asarray(starts, dtype=np.int64)
+        channels, t_np = self.channels[rows], self.nsamples[rows]
+        if len(set(channels.tolist())) > 1:
+            raise ValueError(f"a batch mixes clips with {sorted(set(channels.tolist()))} channels: use force_mono=True")
+        c, dev = int(channels[0]), samples.device
+        repeat = (t_np < n) if pad_mode == "repeat" else np.zeros(len(rows), dtype=bool)
+        lengths = np.where(repeat, n, np.minimum(starts + n, t_np) - np.maximum(starts, 0))
+
+        def to_dev(a):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)
+
+        t, offsets, first, rep = to_dev(t_np), to_dev(self.offsets[rows]), to_dev(starts), to_dev(repeat)
+        steps = torch.arange(n, device=dev)[None]
+        pos = first[:, None] + steps  # [B, n], in samples of each clip
+        pos = torch.where(rep[:, None], steps % t[:, None], pos)  # short clips repeat from their start
+        valid = (pos >= 0) & (pos < t[:, None])
+        pos = torch.minimum(pos.clamp(min=0), t[:, None] - 1)
+        idx = offsets[:, None, None] + torch.arange(c, device=dev)[None, :, None] * t[:, None, None] + pos[:, None]
+        return torch.where(valid[:, None], samples[idx], 0), lengths
 
     # -- building ------------------------------------------------------------------------------------
 
@@ -321,10 +359,10 @@ class WaveformStore:
         return cls(head["files"], data, offsets, channels, nsamples, rates, path=path)
 
     def __getstate__(self):
-        # A memory-mapped store travels as its path (a worker reopens it), not as its samples.
-        if self.path is None:
-            return self.__dict__
-        return self.__dict__ | {"data": None}
+        # A memory-mapped store travels as its path (a worker reopens it), not as its samples;
+        # device copies stay where they are.
+        state = self.__dict__ | {"_copies": {}}
+        return state if self.path is None else state | {"data": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state)

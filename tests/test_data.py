@@ -285,3 +285,21 @@ def test_pad_modes_agree_between_the_paths(esc50_like, pad_mode):
     valid = 27200 if pad_mode == "repeat" else 16000
     assert xf.lengths.tolist() == xs.lengths.tolist() == [valid] * 4
     assert (xf[:, :, 16000:] == 0).all() == (pad_mode == "zeros_after")
+
+
+def test_batches_gathered_on_the_device_equal_host_gathers(esc50_like, device):
+    df, path = esc50_like
+    kwargs = dict(bs=4, num_workers=0, crop_signal_to=1300, device=device)
+    runs = []
+    for on_device in (False, True):
+        set_seed(5)
+        dls = get_dls(df, path, store_on_device=on_device, **kwargs)
+        runs.append(batches(dls.train) + batches(dls.valid))
+        x, _ = dls.valid.one_batch()
+        assert x.device.type == device.type and x.lengths.device.type == device.type
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    dl = dls.train
+    dl.before_iter()
+    with no_host_reads():
+        x, _ = dl.do_batch([dl.do_item(i) for i in (3, 1, 2, 0)])
+    assert x.device.type == device.type and x.lengths.tolist() == [16000] * 4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tone, write_audio
+from conftest import no_host_reads, tone, write_audio
 from fasttransform import Pipeline
 
 from specnorm.audio import AudioTensor
@@ -125,3 +125,17 @@ def test_memory_mapped_store_pickles_as_its_path(files, tmp_path):
     assert isinstance(back.data, np.memmap)
     torch.testing.assert_close(back[3].as_subclass(torch.Tensor), store[3].as_subclass(torch.Tensor))
     assert os.path.samefile(back.path, store.path)
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros", "zeros_after", "repeat"])
+def test_take_on_a_device_equals_gather(files, pad_mode, device):
+    store = WaveformStore.build(files, sample_rate=16000, progress=False)
+    samples = torch.from_numpy(store.data).to(device)
+    rows, n = [3, 0, 2, 1, 2], 5000  # clips of 4000, 8000, 3200, 4800 samples
+    starts = [-300, 1234, 0, -200, -1800]
+    expected, lengths = store.gather(rows, n, starts, pad_mode)
+    with no_host_reads():
+        got, got_lengths = store.take(samples, rows, n, starts, pad_mode)
+    assert got.device.type == device.type and got.dtype == torch.float32
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
+    np.testing.assert_array_equal(got_lengths, lengths)
