@@ -1,5 +1,8 @@
-"""Clips per second from WAV files to normalized spectrogram batches: specnorm's `get_dls` against
-per-item librosa and per-item torchaudio pipelines, on the same synthetic 44.1 kHz files."""
+"""Clips per second from audio files to normalized spectrogram batches: specnorm's `get_dls` (its fast
+path: a `WaveformStore` and whole-batch gathers; and its per-item path) against per-item librosa and
+torchaudio pipelines, on the same synthetic files: ESC-50-shaped clips (5 s at 44.1 kHz) and spoken-digit-
+shaped ones (0.5 s at 8 kHz), both to 16 kHz. Cold is a fresh `get_dls` (store built in memory) plus its
+first epoch; warm is a later epoch. On CUDA it adds xresnet18 training steps alone, for comparison."""
 
 import tempfile
 from pathlib import Path
@@ -9,18 +12,18 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from .common import markdown_table, timeit
+from .common import machine, markdown_table, sync, timeit
 
-SR_IN, SR, N_FFT, HOP = 44100, 16000, 400, 200
+SR, N_FFT, HOP = 16000, 400, 200
 
 
-def make_files(folder, n, seconds):
+def make_files(folder, n, seconds, sr_in):
     rng = np.random.default_rng(0)
-    t = np.arange(int(SR_IN * seconds)) / SR_IN
+    t = np.arange(int(sr_in * seconds)) / sr_in
     rows = []
     for i in range(n):
-        x = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.05 * rng.standard_normal(t.size)
-        sf.write(folder / f"{i}.wav", x.astype(np.float32), SR_IN, subtype="PCM_16")
+        x = 0.3 * np.sin(2 * np.pi * (200 + 10 * i % 3000) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(folder / f"{i}.wav", x.astype(np.float32), sr_in, subtype="PCM_16")
         rows.append(dict(filename=f"{i}.wav", fold=1 + i % 5, category=f"c{i % 4}"))
     return pd.DataFrame(rows)
 
@@ -46,52 +49,139 @@ def torchaudio_pipeline(files, seconds):
         to_db(spec(x))
 
 
-def specnorm_epoch(dls):
+def epoch(dls):
     for dl in (dls.train, dls.valid):
         for _ in dl:
             pass
 
 
-def run(device="cpu", smoke=False):
-    from specnorm.all import AudioConfig, AudioToSpec, SpecNormalize, get_dls, preprocess_audio_folder
+def make_dls(df, folder, seconds, device, bs, **kwargs):
+    from specnorm.all import AudioConfig, AudioToSpec, SpecNormalize, get_dls
 
-    n, seconds, repeat = (8, 1.0, 1) if smoke else (200, 5.0, 3)
+    tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram(n_fft=N_FFT)), SpecNormalize(0.0, 1.0)]
+    kwargs = dict(num_workers=0, drop_last=False) | kwargs
+    return get_dls(df, folder, bs=bs, crop_signal_to=seconds * 1000, batch_tfms=tfms, device=device, **kwargs)
+
+
+def dataset_rows(name, n, seconds, sr_in, device, smoke):
+    repeat = 1 if smoke else 3
+    bs = 4 if smoke else 64
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        df = make_files(folder, n, seconds)
+        df = make_files(folder, n, seconds, sr_in)
         files = [folder / f for f in df.filename]
         timings = {
             "librosa, per item": timeit(lambda: librosa_pipeline(files, seconds), repeat=repeat, warmup=1),
             "torchaudio, per item": timeit(lambda: torchaudio_pipeline(files, seconds), repeat=repeat, warmup=1),
         }
-        preprocess_audio_folder(files, folder / "cache", SR, progress=False)
-        for label, workers, cache in [
-            ("specnorm get_dls, 0 workers", 0, None),
-            ("specnorm get_dls, 0 workers, cache", 0, folder / "cache"),
-            ("specnorm get_dls, 2 workers", 2, None),
-        ]:
-            tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram(n_fft=N_FFT)), SpecNormalize(0.0, 1.0)]
-            dls = get_dls(
-                df,
-                folder,
-                bs=32 if not smoke else 4,
-                crop_signal_to=seconds * 1000,
-                batch_tfms=tfms,
-                num_workers=workers,
-                device=device,
-                cache_folder=cache,
-                drop_last=False,
-            )
-            timings[label] = timeit(lambda: specnorm_epoch(dls), device=device, repeat=repeat, warmup=1)
+        timings["get_dls cold (store built + first epoch)"] = timeit(
+            lambda: epoch(make_dls(df, folder, seconds, device, bs)), device=device, repeat=repeat, warmup=0
+        )
+        dls = make_dls(df, folder, seconds, device, bs)
+        timings["get_dls warm (later epoch)"] = timeit(lambda: epoch(dls), device=device, repeat=repeat, warmup=1)
+        dls2 = make_dls(df, folder, seconds, device, bs, num_workers=2)
+        timings["get_dls warm, 2 workers"] = timeit(lambda: epoch(dls2), device=device, repeat=repeat, warmup=1)
+        store = folder / "store"
+        epoch(make_dls(df, folder, seconds, device, bs, cache_folder=store))
+        timings["get_dls, store on disk from an earlier run (open + first epoch)"] = timeit(
+            lambda: epoch(make_dls(df, folder, seconds, device, bs, cache_folder=store)),
+            device=device,
+            repeat=repeat,
+            warmup=0,
+        )
+        slow = make_dls(df, folder, seconds, device, bs, fast=False)
+        timings["get_dls fast=False (per item), 0 workers"] = timeit(
+            lambda: epoch(slow), device=device, repeat=1, warmup=1
+        )
     base = timings["librosa, per item"]
-    rows = [(k, f"{n / v:.0f}", f"{base / v:.2f}x") for k, v in timings.items()]
-    return (
-        f"### Input pipeline, {device}\n\n{n} WAV files of {seconds:.0f} s at 44.1 kHz to 16 kHz, {N_FFT}-point "
-        f"power spectrogram in dB (specnorm also normalizes); speed-up against per-item librosa "
-        f"(`load(sr=16000)` with soxr, `stft`, `power_to_db`).\n\n"
+    rows = [(f"{name}: {k}", f"{n / v:.0f}", f"{base / v:.2f}x") for k, v in timings.items()]
+    return rows
+
+
+def model_only(device, smoke):
+    "xresnet18 (1-channel stem) training steps alone on [64, 1, 201, 401]: clips/s, fp32 and bf16 autocast."
+    from fastai.vision.models.xresnet import xresnet18
+
+    bs, steps = (4, 2) if smoke else (64, 20)
+    model = xresnet18(c_in=1, n_out=50).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(bs, 1, 201, 401, device=device), torch.randint(0, 50, (bs,), device=device)
+    out = {}
+    for label, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        seconds = timeit(lambda: [step() for _ in range(steps)], device=device, repeat=3, warmup=1)
+        out[label] = bs * steps / seconds
+    return out
+
+
+def fit_throughput(df, folder, seconds, device, smoke):
+    "Clips/s of one `Learner.fit` epoch (train + valid) on `get_dls` batches, and the GPU's busy share."
+    import threading
+
+    from fastai.learner import Learner
+    from fastai.vision.models.xresnet import xresnet18
+
+    dls = make_dls(df, folder, seconds, device, 4 if smoke else 64)
+    learn = Learner(dls, xresnet18(c_in=1, n_out=dls.c))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1)  # warm-up: cuDNN autotuning, the store's pages
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            try:
+                samples.append(torch.cuda.utilization(device))
+            except Exception:  # no NVML: utilization unknown
+                return
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    if device.type == "cuda":
+        watcher.start()
+    with learn.no_bar(), learn.no_logging():
+        seconds_fit = timeit(lambda: learn.fit(1), device=device, repeat=1, warmup=0)
+    done.set()
+    busy = f"{np.mean(samples):.0f} %" if samples else "n/a"
+    return len(df) / seconds_fit, busy
+
+
+def run(device="cpu", smoke=False):
+    device = torch.device(device)
+    if smoke:
+        cases = [("5 s, 44.1 kHz", 8, 1.0, 44100), ("0.5 s, 8 kHz", 8, 0.5, 8000)]
+    else:
+        cases = [("5 s, 44.1 kHz", 256, 5.0, 44100), ("0.5 s, 8 kHz", 512, 0.5, 8000)]
+    rows = [r for case in cases for r in dataset_rows(*case, device, smoke)]
+    text = (
+        f"### Input pipeline, {device.type}\n\n{machine(device)}. WAV files (PCM16; {cases[0][1]} ESC-50-shaped "
+        f"clips of {cases[0][2]:g} s at 44.1 kHz, {cases[1][1]} spoken-digit-shaped clips of 0.5 s at 8 kHz) to "
+        f"{N_FFT}-point power spectrograms in dB at 16 kHz (specnorm also normalizes), batches of 64; speed-up "
+        f"against per-item librosa (`load(sr=16000)` with soxr, `stft`, `power_to_db`) on the same files.\n\n"
         + markdown_table(("pipeline", "clips/s", "vs librosa"), rows)
-        + "\n\nWithout the cache, decoding (soundfile) and resampling (torchaudio's windowed sinc, about 1 ms "
-        "per clip, as fast as librosa's soxr) are most of the time; the cache (`cache_folder=`) removes both "
-        "after the first epoch. DataLoader worker processes only pay off with more cores than the machine "
-        "these figures come from."
+        + "\n\nCold includes building the `WaveformStore` in memory (decode in threads, resample stacks of "
+        "equal clips); warm epochs make each batch as one gather of crops from it, so on a CPU they cost what "
+        "the batch transforms cost (`AudioToSpec`'s STFT and dB, `SpecNormalize`), and on a GPU those run on "
+        "the device. With the store, worker processes only add copies: `get_dls` defaults to `num_workers=0` "
+        "on its fast path."
     )
+    if device.type == "cuda":
+        sync(device)
+        speeds = model_only(device, smoke)
+        name, n, seconds, sr_in = cases[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            df = make_files(Path(tmp), n, seconds, sr_in)
+            fit, busy = fit_throughput(df, Path(tmp), seconds, device, smoke)
+        rows = [(f"xresnet18 training steps alone, {k}", f"{v:.0f}", "") for k, v in speeds.items()]
+        rows.append((f"Learner.fit, one epoch on get_dls batches ({name}, fp32)", f"{fit:.0f}", busy))
+        text += "\n\n" + markdown_table(("model, [64, 1, 201, 401]", "clips/s", "GPU busy"), rows)
+        text += (
+            f"\n\n`Learner.fit` reaches {fit / speeds['fp32']:.0%} of the model-only fp32 throughput "
+            "(GPU busy: `torch.cuda.utilization`, sampled every 100 ms)."
+        )
+    return text

@@ -11,6 +11,7 @@ from .drift import *
 from .experiment import *
 from .functional import CHANNEL_AXES, GLOBAL_AXES, PCEN_DEFAULTS, FiniteCheck  # noqa: F401
 from .instance import *
+from .loader import *
 from .normalize import *
 from .pcen import *
 from .preprocess import *
@@ -18,6 +19,7 @@ from .signal import *
 from .sliding import *
 from .spectrogram import *
 from .stats import *
+from .store import *
 from .survey import *
 from .synth import *
 from .util import *

@@ -1,12 +1,16 @@
 """Waveform item transforms: `Resample`, `DownmixMono`, `ResizeSignal`, and `audio_item_tfms`
-(the list of them that `AudioBlock` and `AudioCache` apply).
+(the list of them that `AudioBlock` and `AudioCache` apply), over the pure torch function `resample`.
 
-Resampling is torchaudio's band-limited windowed-sinc interpolation (Hann window, the default of
-`torchaudio.functional.resample`); its kernel depends only on the rate pair, so it is built once
-per (source rate, target rate, device) and reused for every clip. Cropping and padding follow
-fastaudio's `ResizeSignal`, with the duration in milliseconds.
+Resampling is torchaudio's band-limited windowed-sinc interpolation (Hann window, `lowpass_filter_width=6`,
+`rolloff=0.99`, the defaults of `torchaudio.functional.resample`). Its polyphase kernel has one row per
+output phase of the reduced rate ratio, so it is built once per (source rate, target rate, device) and
+reused for every clip while it is small (44.1 -> 16 kHz: 160 phases). For ratios with many phases
+(16000 -> 17001 Hz: 17001 phases, gigabytes) `resample` evaluates the same windowed sinc at each output
+sample's fractional input position instead, in chunks of bounded memory: same filter, same result.
+Cropping and padding follow fastaudio's `ResizeSignal`, with the duration in milliseconds.
 """
 
+import math
 import random
 from functools import lru_cache
 
@@ -18,16 +22,97 @@ from fastai.vision.augment import RandTransform
 
 from .audio import AudioTensor
 
-__all__ = ["DownmixMono", "Resample", "ResizeSignal", "audio_item_tfms"]
+__all__ = ["DownmixMono", "Resample", "ResizeSignal", "audio_item_tfms", "resample"]
+
+LOWPASS_FILTER_WIDTH, ROLLOFF = 6, 0.99  # torchaudio's defaults: one home for the filter settings
+# Above this many kernel elements (4 MB in float32) the polyphase kernel gives way to direct evaluation.
+MAX_POLYPHASE_ELEMENTS = 1 << 20
+# Elements of the [rows, outputs, taps] gather the direct path holds at once (16 MB in float32; a chunk
+# peaks at about five such arrays).
+DIRECT_CHUNK_ELEMENTS = 1 << 22
+
+
+class _DirectResampler:
+    """Windowed-sinc resampling evaluated per output sample (no polyphase table).
+
+    Output sample `j` sits at input position `j * orig / new`; it is the sum over the input samples `k`
+    within `width` of it of `x[k] * h((k - j * orig / new) / orig)`, where `h` is torchaudio's Hann-windowed
+    sinc at cutoff `min(orig, new) * rolloff`. Integer arithmetic gives each output's integer and fractional
+    position exactly; the taps are computed per chunk of outputs.
+    """
+
+    def __init__(self, orig, new, device):
+        self.orig, self.new, self.device = orig, new, device
+        self.base = min(orig, new) * ROLLOFF
+        self.width = math.ceil(LOWPASS_FILTER_WIDTH * orig / self.base)
+        self.taps = torch.arange(-self.width, self.width + 1, device=device)
+
+    def _weights(self, j):
+        "Taps `[len(j), 2 * width + 1]` for the outputs `j` (int64), and the input index each output sits at."
+        q, r = torch.div(j * self.orig, self.new, rounding_mode="floor"), (j * self.orig) % self.new
+        # The fraction r / new is exact in float64; in [0, 1) float32 keeps it to 6e-8, ample for the taps.
+        frac = (r.double() / self.new).float()
+        t = (self.taps[None] - frac[:, None]) * (self.base / self.orig)
+        t = t.clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+        window = torch.cos(t * (math.pi / LOWPASS_FILTER_WIDTH / 2)) ** 2
+        t = t * math.pi
+        sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
+        return sinc * window * (self.base / self.orig), q
+
+    def __call__(self, x):
+        shape, length = x.shape, x.shape[-1]
+        x = x.reshape(-1, length)
+        n_out = math.ceil(self.new * length / self.orig)
+        # zero padding on both sides so every tap indexes inside the tensor
+        xp = F.pad(x, (self.width, self.width + 1))
+        out = x.new_empty(x.shape[0], n_out)
+        chunk = max(1, DIRECT_CHUNK_ELEMENTS // (x.shape[0] * self.taps.numel()))
+        for start in range(0, n_out, chunk):
+            j = torch.arange(start, min(start + chunk, n_out), device=x.device)
+            w, first = self._weights(j)
+            idx = first[:, None] + self.width + self.taps[None]  # into the padded signal
+            out[:, start : start + len(j)] = (xp[:, idx] * w.to(x.dtype)).sum(-1)
+        return out.reshape(*shape[:-1], n_out)
 
 
 @lru_cache(maxsize=32)
 def _resampler(orig_sr, new_sr, device):
-    return T.Resample(orig_sr, new_sr).to(device)
+    "The resampler of one rate pair on one device: torchaudio's polyphase kernel where it is small."
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    width = math.ceil(LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * ROLLOFF))
+    if new * (2 * width + orig) <= MAX_POLYPHASE_ELEMENTS:
+        return T.Resample(orig_sr, new_sr, lowpass_filter_width=LOWPASS_FILTER_WIDTH, rolloff=ROLLOFF).to(device)
+    return _DirectResampler(orig, new, device)
+
+
+def resample(x, orig_sr, new_sr):
+    """Resample the last axis of `x` from `orig_sr` to `new_sr` Hz (any integer rates), on `x`'s device.
+
+    Args:
+        x (Tensor): float waveform(s) `[..., T]`, e.g. a batch `[B, C, T]`.
+        orig_sr, new_sr (int): sample rates in Hz.
+
+    Shape:
+        `[..., T]` -> `[..., ceil(T * new_sr / orig_sr)]`, as `torchaudio.functional.resample`.
+
+    Example:
+        >>> import torch
+        >>> resample(torch.randn(2, 1, 16000), 16000, 17001).shape
+        torch.Size([2, 1, 17001])
+    """
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, not {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return x
+    return _resampler(orig_sr, new_sr, x.device)(x)
 
 
 class Resample(DisplayedTransform):
-    """Resample to `sr` Hz; audio already at `sr` passes through unchanged.
+    """Resample to `sr` Hz (alias `sr_new`, fastaudio's name); audio already at `sr` passes through unchanged.
+
+    Works on items `[C, T]` and on batches `[B, C, T]` (one rate per batch), on their device.
 
     Args:
         sr (int): target sample rate.
@@ -39,19 +124,26 @@ class Resample(DisplayedTransform):
         >>> import torch
         >>> Resample(16000)(AudioTensor(torch.randn(1, 44100), sr=44100)).shape
         torch.Size([1, 16000])
+        >>> Resample(sr_new=8000).sr
+        8000
     """
 
     order = 11
 
-    def __init__(self, sr):
+    def __init__(self, sr=None, sr_new=None):
         super().__init__()
-        self.sr = int(sr)
+        if (sr is None) == (sr_new is None):
+            raise ValueError(f"give the target rate once, as `sr` or `sr_new` (got sr={sr}, sr_new={sr_new})")
+        self.sr = int(sr if sr is not None else sr_new)
 
     def encodes(self, x: AudioTensor):
         if x.sr == self.sr:
             return x
-        y = _resampler(int(x.sr), self.sr, x.device)(x.as_subclass(torch.Tensor))
-        return AudioTensor(y, sr=self.sr)
+        y = AudioTensor(resample(x.as_subclass(torch.Tensor), x.sr, self.sr), sr=self.sr)
+        lengths = getattr(x, "lengths", None)
+        if lengths is not None:  # valid samples scale as the signal does: ceil(length * sr / x.sr)
+            y.lengths = (lengths * self.sr + x.sr - 1) // x.sr
+        return y
 
 
 class DownmixMono(DisplayedTransform):
@@ -76,6 +168,9 @@ class ResizeSignal(RandTransform):
     elsewhere (validation, or a direct call). Shorter ones are padded according to `pad_mode`:
     `'zeros'` (silence split before and after: at random on the training split, evenly elsewhere),
     `'zeros_after'` (silence at the end) or `'repeat'` (the signal repeated).
+
+    The output carries `lengths` (int): its samples that are signal, not zero padding (`AudioDL`
+    collates them into the batch's `lengths` tensor).
 
     Args:
         duration (float): target length in milliseconds.
@@ -109,18 +204,21 @@ class ResizeSignal(RandTransform):
         n, length = round(self.duration * x.sr / 1000), x.nsamples
         if length == 0:
             raise ValueError(f"ResizeSignal: got an empty signal of shape {tuple(x.shape)}")
-        if length > n:
+        if length >= n:
             start = random.randint(0, length - n) if self.training else 0
-            return x[..., start : start + n]
+            return self._with_length(x[..., start : start + n], n)
         missing = n - length
-        if missing == 0:
-            return x
         if self.pad_mode == "repeat":
-            return x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n]
+            return self._with_length(x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n], n)
         before = (
             0 if self.pad_mode == "zeros_after" else (random.randint(0, missing) if self.training else missing // 2)
         )
-        return F.pad(x, (before, missing - before))
+        return self._with_length(F.pad(x, (before, missing - before)), length)
+
+    @staticmethod
+    def _with_length(x, valid):
+        x.lengths = valid
+        return x
 
 
 def audio_item_tfms(sample_rate=16000, force_mono=True, crop_signal_to=None):

@@ -52,7 +52,7 @@ def test_preprocess_fills_the_cache(esc50_like, tmp_path):
 def test_batches_with_and_without_cache_are_identical(esc50_like, tmp_path):
     df, path = esc50_like
     tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())]
-    kwargs = dict(bs=16, num_workers=0, crop_signal_to=700, batch_tfms=tfms, shuffle=False)
+    kwargs = dict(bs=16, num_workers=0, crop_signal_to=700, batch_tfms=tfms, shuffle=False, fast=False)  # AudioCache
     plain = get_dls(df, path, **kwargs)
     cached = get_dls(df, path, cache_folder=tmp_path / "cache", **kwargs)
     for epoch in range(2):  # the second pass reads the cache

@@ -1,0 +1,198 @@
+"""fastai DataLoaders of waveform batches: `AudioDL` (item by item, fastai's way) and `WaveformDL`
+(whole batches gathered from a `WaveformStore`, the fast path of `get_dls`).
+
+Both give batches `(AudioTensor [B, C, T], targets...)` whose `AudioTensor` carries `lengths`, an int64
+tensor `[B]` (on the batch's device) of each clip's valid samples before padding, so later transforms
+can mask the padding; a clip cropped or repeated to the target length is valid throughout. Both copy
+batches to the device with `non_blocking=True` (asynchronous from pinned memory, `pin_memory=True`).
+
+`WaveformDL` replaces fastai's per-item pipeline (open, decode, resample, downmix, crop, collate) by one
+gather of slices from the store per batch: the crop (or pad) of each clip is drawn like `ResizeSignal`
+(a uniform start per clip and per epoch on the training split, from the start or centred on the
+validation split), from random numbers drawn in the main process before each epoch, so batches do
+not depend on `num_workers`. User item transforms still run, per item, on the cropped waveforms.
+"""
+
+import random
+
+import numpy as np
+import torch
+from fastai.data.core import TfmdDL
+from fastai.data.load import _loaders, fa_collate
+from fastai.data.transforms import DisplayedTransform
+from torch.utils.data import get_worker_info
+
+from .audio import AudioTensor
+
+__all__ = ["AsFloat32", "AudioDL", "WaveformDL"]
+
+
+def _to_device(o, device):
+    y = o.to(device, non_blocking=True)
+    lengths = getattr(o, "lengths", None)
+    if isinstance(lengths, torch.Tensor):
+        y.lengths = lengths.to(device, non_blocking=True)
+    return y
+
+
+class AudioDL(TfmdDL):
+    """A `TfmdDL` for audio items: a batch has one sample rate, and records each clip's valid length.
+
+    Collating clips of different rates raises a `ValueError` naming the rates (a batch has one `sr`);
+    `lengths` comes from each item's `lengths` (set by `ResizeSignal`) or its full length.
+    """
+
+    def create_batch(self, b):
+        xs = [it[0] for it in b] if isinstance(b[0], tuple) else b
+        if not isinstance(xs[0], AudioTensor):
+            return super().create_batch(b)
+        rates = sorted({x.sr for x in xs})
+        if len(rates) > 1:
+            raise ValueError(
+                f"a batch mixes sample rates {rates} Hz: pass sample_rate= (get_dls, AudioBlock) to resample to one"
+            )
+        res = super().create_batch(b)
+        lengths = torch.tensor([getattr(x, "lengths", x.shape[-1]) for x in xs], dtype=torch.int64)
+        x = res[0] if isinstance(res, tuple) else res
+        x.lengths = lengths
+        return res
+
+    def __iter__(self):
+        # fastai's loop, with non-blocking copies that also move `lengths` to the device
+        self.randomize()
+        self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()  # in the main process, as fastai does
+        for b in _loaders[self.fake_l.num_workers == 0](self.fake_l):
+            if self.pin_memory and type(b) is list:
+                b = tuple(b)
+            if self.device is not None:
+                b = tuple(_to_device(o, self.device) for o in b) if isinstance(b, tuple) else _to_device(b, self.device)
+            yield self.after_batch(b)
+        self.after_iter()
+        if hasattr(self, "it"):
+            del self.it
+
+
+class AsFloat32(DisplayedTransform):
+    "Batch transform: float16 waveforms (a float16 store) to float32, on the batch's device (after the copy)."
+
+    order = -100
+
+    def encodes(self, x: AudioTensor):
+        return x.float()
+
+
+class WaveformDL(AudioDL):
+    """A DataLoader that makes whole batches from a `WaveformStore`: no file open, no per-item pipeline.
+
+    Args:
+        dataset: a fastai `Datasets` subset whose `items` is a DataFrame with a file column.
+        store (WaveformStore): the decoded clips of (at least) every file of `dataset`.
+        fn_col (str), pref (str): a row's file is `pref + row[fn_col]`, as the store names it.
+        duration (float or None): crop or pad every clip to this many milliseconds (`ResizeSignal`);
+            None pads each batch at the end to its longest clip.
+        pad_mode (str): `'zeros'`, `'zeros_after'` or `'repeat'`, as `ResizeSignal`.
+        on_device (bool): gather batches from a copy of the store's samples on the loader's device (made
+            once, `WaveformStore.samples_on`): on a GPU no batch crosses the bus. Only in the main process
+            (`num_workers=0`) and without `after_item` transforms; elsewhere batches are gathered on the host.
+        per_item_tfms: the full per-item pipeline (read, resample, crop, `item_tfms`), used by `new`
+            for items that are not in the store (`dls.test_dl(new_df)` of other files) and empty datasets.
+        **kwargs: passed to fastai's `TfmdDL` (`bs`, `shuffle`, `after_batch`, `device`, ...); `after_item`
+            transforms run per item on `(waveform, target)` after the crop (slower than batch transforms).
+
+    Shape:
+        batch `(AudioTensor [B, C, round(duration * sr / 1000)] with lengths [B], targets [B])`.
+    """
+
+    # fastai's `DataLoader.new` passes every non-method attribute named in `_methods` to the new loader:
+    # listing the store settings there makes any copy (`new`, statistics loaders) a working `WaveformDL`.
+    _methods = (*AudioDL._methods, "store", "fn_col", "pref", "duration", "pad_mode", "per_item_tfms", "on_device")
+
+    def __init__(
+        self,
+        dataset,
+        store=None,
+        fn_col="filename",
+        pref="",
+        duration=None,
+        pad_mode="zeros",
+        per_item_tfms=None,
+        on_device=False,
+        **kwargs,
+    ):
+        self.store, self.fn_col, self.pref, self.duration, self.pad_mode = store, fn_col, pref, duration, pad_mode
+        self.per_item_tfms, self.on_device = per_item_tfms, on_device
+        row_of = {f: i for i, f in enumerate(store.files)}
+        self.rows = np.array([row_of[f"{pref}{fn}"] for fn in dataset.items[fn_col]], dtype=np.int64)
+        n_inp = getattr(dataset, "n_inp", 1)
+        self.ys = [fa_collate([tl[i] for i in range(len(dataset))]) for tl in dataset.tls[n_inp:]]
+        self.uniform = np.zeros(len(dataset))
+        super().__init__(dataset, **kwargs)
+
+    @staticmethod
+    def stores(store, dataset, fn_col, pref):
+        "Whether every item of `dataset` is a row of `store` (a DataFrame of files under `pref`)."
+        items = getattr(dataset, "items", None)
+        if not hasattr(items, "columns") or fn_col not in items.columns:
+            return False
+        files = set(store.files)
+        return all(f"{pref}{fn}" in files for fn in items[fn_col])
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        if dataset is not None and (len(dataset) == 0 or not self.stores(self.store, dataset, self.fn_col, self.pref)):
+            # Items the store lacks go through the per-item pipeline; so does an empty dataset
+            # (`Learner.export` pickles one: the store stays out of the exported file).
+            return super().new(dataset, cls=AudioDL, after_item=self.per_item_tfms, **kwargs)
+        return super().new(dataset, cls, **kwargs)
+
+    @property
+    def training(self):
+        return getattr(self.dataset, "split_idx", None) == 0
+
+    def before_iter(self):
+        super().before_iter()
+        if self.training:
+            # One uniform number per item and epoch (its crop start or padding split), drawn here in the
+            # main process from Python's `random`, as `ResizeSignal` draws: `set_seed` fixes both paths.
+            self.uniform = np.random.default_rng(random.getrandbits(64)).random(len(self.dataset))
+
+    def create_item(self, s):
+        return 0 if s is None else s  # an index: the batch is made in `create_batch`
+
+    def do_item(self, s):
+        return self.create_item(s)  # `after_item` runs in `create_batch`, on the cropped clips
+
+    def retain(self, res, b):
+        return res
+
+    def starts(self, idx, t, n):
+        "Where each clip's `n` samples start (negative: zeros first), as `ResizeSignal` draws them."
+        missing = n - t
+        if self.training:
+            u = self.uniform[idx]
+            crop, before = np.floor(u * (t - n + 1)), np.floor(u * (missing + 1))
+        else:
+            crop, before = np.zeros_like(t), missing // 2
+        if self.pad_mode == "zeros_after" or self.duration is None:
+            before = np.zeros_like(t)
+        return np.where(t > n, crop, -before).astype(np.int64)
+
+    def create_batch(self, b):
+        idx = np.asarray(b, dtype=np.int64)
+        rows = self.rows[idx]
+        sr, t = int(self.store.rates[rows[0]]), self.store.nsamples[rows]
+        n = round(self.duration * sr / 1000) if self.duration is not None else int(t.max())
+        starts, ys = self.starts(idx, t, n), [y[torch.from_numpy(idx)] for y in self.ys]
+        if self.on_device and self.device is not None and not self.after_item.fs and get_worker_info() is None:
+            data, lengths = self.store.take(self.store.samples_on(self.device), rows, n, starts, self.pad_mode)
+            lengths = torch.from_numpy(lengths).to(data.device, non_blocking=True)
+            return (AudioTensor(data, sr=sr, lengths=lengths), *ys)
+        data, lengths = self.store.gather(rows, n, starts, self.pad_mode)
+        if not self.after_item.fs:
+            return (AudioTensor(torch.from_numpy(data), sr=sr, lengths=torch.from_numpy(lengths)), *ys)
+        data = torch.from_numpy(data).float()
+        items = [
+            self.after_item((AudioTensor(data[i], sr=sr, lengths=int(lengths[i])), *(y[i] for y in ys)))
+            for i in range(len(idx))
+        ]
+        return super().create_batch(items)

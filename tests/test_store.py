@@ -1,0 +1,141 @@
+"""WaveformStore: contents equal to the per-item transforms, reuse and rebuild on disk, refusal of damaged stores."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import no_host_reads, tone, write_audio
+from fasttransform import Pipeline
+
+from specnorm.audio import AudioTensor
+from specnorm.signal import audio_item_tfms
+from specnorm.store import FLOAT16_ATOL, FLOAT16_RTOL, StoreError, WaveformStore
+
+
+@pytest.fixture
+def files(tmp_path):
+    "Clips at three rates, one stereo, of different lengths."
+    rng = np.random.default_rng(0)
+    specs = [("a.wav", 44100, 1, 0.5), ("b.flac", 22050, 2, 0.3), ("c.wav", 16000, 1, 0.2), ("d.wav", 48000, 1, 0.25)]
+    out = []
+    for name, sr, channels, seconds in specs:
+        x = tone(440, sr, seconds, amplitude=0.4, channels=channels) + 0.05 * rng.standard_normal(
+            (channels, round(sr * seconds))
+        )
+        out.append(str(write_audio(tmp_path / name, x.astype(np.float32), sr)))
+    return out
+
+
+def per_item(fn, sample_rate=16000, force_mono=True):
+    "What fastai's per-item pipeline (Resample, DownmixMono) makes of `fn`: the reference."
+    return Pipeline(audio_item_tfms(sample_rate, force_mono))(AudioTensor.create(fn))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_store_holds_what_the_per_item_transforms_compute(files, dtype, tmp_path):
+    store = WaveformStore.build(files, tmp_path / "store", sample_rate=16000, dtype=dtype, progress=False)
+    assert len(store) == 4 and store.data.dtype == np.dtype(dtype)
+    for i, fn in enumerate(files):
+        expected = per_item(fn).numpy()
+        got = store[i]
+        assert got.sr == 16000 and got.shape == expected.shape
+        # downmixing before resampling (the store) or after (per item) differs by float32 rounding only
+        rtol, atol = (FLOAT16_RTOL, FLOAT16_ATOL + 1e-6) if dtype == "float16" else (0, 1e-6)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=rtol, atol=atol)
+    assert store.nbytes == sum(per_item(fn).nsamples for fn in files) * np.dtype(dtype).itemsize
+
+
+def test_store_keeps_rates_and_channels_when_asked(files):
+    store = WaveformStore.build(files, sample_rate=None, force_mono=False, progress=False, dtype="float32")
+    assert store.rates.tolist() == [44100, 22050, 16000, 48000] and store.channels.tolist() == [1, 2, 1, 1]
+    np.testing.assert_array_equal(store[1].numpy(), AudioTensor.create(files[1]).numpy())
+    assert store.path is None  # in memory
+
+
+def test_gather_crops_pads_and_repeats():
+    data = np.arange(10, dtype=np.float32)  # clip 0: 0..5 (6 samples); clip 1: 6..9 (4 samples)
+    store = WaveformStore(["x", "y"], data, np.array([0, 6]), np.array([1, 1]), np.array([6, 4]), np.array([8, 8]))
+    out, lengths = store.gather([0, 1], 5, [1, -1])
+    assert out.tolist() == [[[1, 2, 3, 4, 5]], [[0, 6, 7, 8, 9]]] and lengths.tolist() == [5, 4]
+    out, lengths = store.gather([1, 0], 7, [0, -1], pad_mode="zeros_after")
+    assert out.tolist() == [[[6, 7, 8, 9, 0, 0, 0]], [[0, 0, 1, 2, 3, 4, 5]]] and lengths.tolist() == [4, 6]
+    out, lengths = store.gather([1, 0], 9, [0, 0], pad_mode="repeat")
+    assert out.tolist() == [[[6, 7, 8, 9, 6, 7, 8, 9, 6]], [[0, 1, 2, 3, 4, 5, 0, 1, 2]]] and lengths.tolist() == [9, 9]
+    out, _ = store.gather([0], 3, [2], pad_mode="repeat")  # a long clip is cropped where asked
+    assert out.tolist() == [[[2, 3, 4]]]
+
+
+def test_store_on_disk_is_reused_then_rebuilt_when_a_source_or_a_setting_changes(files, tmp_path):
+    folder = tmp_path / "store"
+    first = WaveformStore.build(files, folder, progress=False)
+    assert first.path.is_file() and isinstance(first.data, np.memmap)
+    again = WaveformStore.build(files, folder, progress=False)
+    assert again.path == first.path and sorted(p.name for p in folder.iterdir()) == sorted(
+        [first.path.name, first.path.with_suffix(".samples").name]
+    )
+    # rewrite a source: a new store, the stale one removed, the new samples read
+    write_audio(files[2], tone(1000, 16000, 0.2, amplitude=0.1), 16000)
+    changed = WaveformStore.build(files, folder, progress=False)
+    assert changed.path != first.path and not first.path.exists()
+    np.testing.assert_allclose(changed[2].numpy(), tone(1000, 16000, 0.2, amplitude=0.1), atol=1e-4)
+    # another setting: another store, next to it
+    other = WaveformStore.build(files, folder, sample_rate=8000, progress=False)
+    assert other.path != changed.path and changed.path.exists() and other[0].shape == (1, 4000)
+
+
+def test_damaged_store_is_refused_with_an_error_naming_it(files, tmp_path):
+    store = WaveformStore.build(files, tmp_path / "store", progress=False)
+    samples, head = store.path.with_suffix(".samples"), store.path
+    raw = samples.read_bytes()
+    samples.write_bytes(raw[:-10])
+    with pytest.raises(StoreError, match=f"{samples.name} is truncated"):
+        WaveformStore.build(files, tmp_path / "store", progress=False)
+    samples.write_bytes(raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:])
+    with pytest.raises(StoreError, match=f"{samples.name} is corrupt"):
+        WaveformStore.open(head)
+    head.write_text("{not json")
+    with pytest.raises(StoreError, match=f"{head.name} is corrupt"):
+        WaveformStore.open(head)
+
+
+def test_bad_files_are_named(files, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(ValueError, match="cannot decode audio file .*bad.wav"):
+        WaveformStore.build([*files, str(bad)], progress=False)
+    with pytest.raises(FileNotFoundError, match="ghost.wav"):
+        WaveformStore.build([*files, str(tmp_path / "ghost.wav")], progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        WaveformStore.build(files, dtype="int8")
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, np.full(1000, 1e5, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="loud.wav has samples beyond float16's range"):
+        WaveformStore.build([*files, str(loud)], dtype="float16", progress=False)
+    assert WaveformStore.build([str(loud)], progress=False)[0].max() == 1e5  # float32 holds it
+
+
+def test_memory_mapped_store_pickles_as_its_path(files, tmp_path):
+    store = WaveformStore.build(files, tmp_path / "store", progress=False)
+    blob = pickle.dumps(store)
+    assert len(blob) < store.nbytes  # the samples stay on disk
+    back = pickle.loads(blob)
+    assert isinstance(back.data, np.memmap)
+    torch.testing.assert_close(back[3].as_subclass(torch.Tensor), store[3].as_subclass(torch.Tensor))
+    assert os.path.samefile(back.path, store.path)
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros", "zeros_after", "repeat"])
+def test_take_on_a_device_equals_gather(files, pad_mode, device):
+    store = WaveformStore.build(files, sample_rate=16000, progress=False)
+    samples = torch.from_numpy(store.data).to(device)
+    rows, n = [3, 0, 2, 1, 2], 5000  # clips of 4000, 8000, 3200, 4800 samples
+    starts = [-300, 1234, 0, -200, -1800]
+    expected, lengths = store.gather(rows, n, starts, pad_mode)
+    with no_host_reads():
+        got, got_lengths = store.take(samples, rows, n, starts, pad_mode)
+    assert got.device.type == device.type and got.dtype == torch.float32
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
+    np.testing.assert_array_equal(got_lengths, lengths)
