@@ -23,6 +23,7 @@ from conftest import make_esc50_like
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import ColReader
 
+from specnorm import cli
 from specnorm.config import AudioConfig
 from specnorm.data import AudioBlock, CrossValidationSplitter, get_dls
 from specnorm.distributed import agree, is_distributed, rank, shard, world_size
@@ -388,7 +389,7 @@ def test_torchrun_stats_equals_one_process(tmp_path):
     )
     assert proc.stdout.count("channel statistics of 19 training clips") == 1  # printed by rank 0 only
     assert [p.name for p in out.parent.iterdir()] == ["channel.safetensors"]
-    cfg = AudioConfig.BasicMelSpectrogram(sample_rate=16000)
+    cfg = cli._audio_cfg(mel=True, sample_rate=16000)  # the settings `--mel` stands for
     dls = get_dls(df, audio, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[AudioToSpec.from_cfg(cfg)])
     (single,) = compute_stats(dls.train, red_dims=[CHANNEL], progress=False)
     rec = StatsRecorder.load(out)
