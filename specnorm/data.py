@@ -20,6 +20,7 @@ from fastai.torch_core import default_device
 
 from .audio import AudioTensor, get_audio_files
 from .cache import AudioCache, preprocess_audio_folder
+from .distributed import agree, is_distributed, rank
 from .loader import AsFloat32, AudioDL, WaveformDL
 from .signal import ResizeSignal, audio_item_tfms
 from .spectrogram import AudioToSpec
@@ -316,7 +317,7 @@ def get_dls(
             path=path, dl_type=AudioDL, after_item=block.item_tfms, after_batch=block.batch_tfms, **kwargs
         )
     device = torch.device(kwargs.get("device") or default_device())
-    store = WaveformStore.build(
+    store = _build_store(
         [f"{pref}{fn}" for fn in df[fn_col]],
         cache_folder,
         sample_rate=sample_rate,
@@ -354,6 +355,22 @@ def get_dls(
         after_batch=[AsFloat32(), *block.batch_tfms],
         **kwargs,
     )
+
+
+def _build_store(files, folder, **settings):
+    """`WaveformStore.build`, decoded once under torch.distributed: with a `folder` that every rank sees,
+    rank 0 decodes and writes the store while the other ranks wait, then they open it. A failure on rank 0
+    raises on every rank (`agree`). Without a folder each rank decodes its own copy in memory."""
+    if folder is None or not is_distributed():
+        return WaveformStore.build(files, folder, **settings)
+    store = error = None
+    if rank() == 0:
+        try:
+            store = WaveformStore.build(files, folder, **settings)
+        except Exception as e:
+            error = e
+    agree(error)
+    return store if store is not None else WaveformStore.build(files, folder, **settings)
 
 
 def _fit_batch_size(bs, n_train, kwargs):

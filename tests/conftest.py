@@ -1,6 +1,9 @@
 """Shared fixtures: the devices to test on, and synthetic audio written to `tmp_path`."""
 
 import contextlib
+import datetime
+import socket
+import time
 
 import numpy as np
 import pandas as pd
@@ -108,3 +111,37 @@ def no_host_reads():
         torch.cuda.synchronize = saved_sync
         if cuda:
             torch.cuda.set_sync_debug_mode(mode)
+
+
+def free_port():
+    "A TCP port on 127.0.0.1 that nothing listens on now (for a process group's rendezvous)."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_gloo(rank, world, port, timeout_s):
+    "Join a gloo process group on 127.0.0.1 (in a worker process); a short timeout turns a hang into an error."
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def run_ranks(worker, *args, world=2, deadline_s=240):
+    """Run `worker(rank, world, port, *args)` in `world` spawned processes and wait for them all; a run that
+    outlives `deadline_s` is killed and fails the test (no test hangs on a stuck collective)."""
+    ctx = torch.multiprocessing.start_processes(
+        worker, args=(world, free_port(), *args), nprocs=world, join=False, start_method="spawn"
+    )
+    deadline = time.time() + deadline_s
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {world} gloo workers did not finish in {deadline_s} s")

@@ -4,10 +4,8 @@ Each test reproduces one scenario of the robustness audit: an error must have a 
 file, column, row, value or rank; a result must match an independent float64 numpy reference.
 """
 
-import datetime
 import json
 import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +15,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from conftest import make_esc50_like, tone, write_audio
+from conftest import init_gloo, make_esc50_like, run_ranks, tone, write_audio
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -60,13 +58,7 @@ def _rank_data(rank):
 def _mismatch_worker(rank, world, port, out_dir):
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT),
-    )
+    init_gloo(rank, world, port, timeout_s=PG_TIMEOUT)
     x = _rank_data(rank)
     with_nan = x.clone()
     with_nan[0, 0, 2, 3] = float("nan")
@@ -95,23 +87,9 @@ def _mismatch_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_all_reduce_mismatches_and_local_failures_raise_on_every_rank(tmp_path):
-    ctx = torch.multiprocessing.start_processes(
-        _mismatch_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.time() + 240
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the gloo workers did not finish in 240 s")
+    run_ranks(_mismatch_worker, str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     expected = {
         "red_dims": r"red_dims \(rank 0: \(0, 1, 3\), rank 1: \(0, 2, 3\)\)",

@@ -1,16 +1,13 @@
 """StatsRecorder and compute_stats against an independent float64 two-pass reference (numpy)."""
 
-import datetime
 import json
 import pickle
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import no_host_reads
+from conftest import init_gloo, no_host_reads, run_ranks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -278,13 +275,7 @@ def _dist_batches():
 def _gloo_worker(rank, world, port, out_dir):
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, port, timeout_s=60)
     try:
         batches = _dist_batches()
         rec = StatsRecorder(CHANNEL)
@@ -300,23 +291,9 @@ def _gloo_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_all_reduce_over_gloo_equals_one_process(tmp_path):
-    ctx = torch.multiprocessing.start_processes(
-        _gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.time() + 180
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the gloo workers did not finish in 180 s")
+    run_ranks(_gloo_worker, str(tmp_path), deadline_s=180)
     batches = _dist_batches()
     single = StatsRecorder(CHANNEL)
     for b in batches:
