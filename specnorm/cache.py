@@ -18,7 +18,6 @@ temporary files a killed writer left behind are removed when a cache opens the f
 
 import hashlib
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from fastcore.parallel import ThreadPoolExecutor
 from fasttransform import Pipeline
 
+from ._io import write_atomic
 from .audio import AudioTensor, get_audio_files
 from .progress import progress_bar
 from .signal import audio_item_tfms
@@ -145,20 +145,8 @@ class AudioCache:
         return data, None
 
     def _write(self, cached, data, fn):
-        "Write `data` to `cached` through a temporary file of this writer's own; OS errors name the entry and `fn`."
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{cached.stem}.", suffix=".tmp")
-        except OSError as e:
-            raise type(e)(e.errno, f"cannot write cache entry {cached} of {fn}: {e.strerror}") from e
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, data, allow_pickle=False)
-            os.replace(tmp, cached)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise type(e)(e.errno, f"cannot write cache entry {cached} of {fn}: {e.strerror}") from e
-            raise
+        "Write `data` to `cached` atomically (`write_atomic`); OS errors name the entry and its source `fn`."
+        write_atomic(cached, lambda f: np.save(f, data, allow_pickle=False), f"cache entry {cached} of {fn}")
 
     def __getstate__(self):
         return self.__dict__ | {"hits": 0, "misses": 0, "rebuilt": 0}

@@ -31,9 +31,7 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from safetensors.torch import save as save_bytes
 from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import DistributedSampler
 
+from ._io import write_atomic
 from .audio import AudioSpectrogram
 from .distributed import STATUS_EVERY, agree, is_distributed, rank, shard, world_size
 from .functional import CHANNEL_AXES, GLOBAL_AXES, combine_moments, moments
@@ -105,22 +104,6 @@ def _digest(tensors, config):
         h.update(f"{k}{tuple(tensors[k].shape)}{tensors[k].dtype}".encode())
         h.update(tensors[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
     return h.hexdigest()
-
-
-def _write_atomic(path, data):
-    "Write bytes to `path` through a temporary file in its folder; OS errors name `path`, never the temporary file."
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise type(e)(e.errno, f"cannot write {path}: {e.strerror} (in folder {path.parent})") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from e
 
 
 # all_reduce's header, float64 (exact for ints < 2**53): status, error value, ndim, shape, len(red_dims), red_dims,
@@ -551,7 +534,8 @@ class StatsRecorder:
         state["sha256"] = _digest(tensors, state)
         if path.is_dir():
             raise IsADirectoryError(f"cannot write statistics to {path}: it is a folder; give a file name")
-        _write_atomic(path, save_bytes(tensors, metadata={"format": _FORMAT, "config": json.dumps(state)}))
+        data = save_bytes(tensors, metadata={"format": _FORMAT, "config": json.dumps(state)})
+        write_atomic(path, lambda f: f.write(data))
         return path
 
     @classmethod

@@ -370,7 +370,7 @@ def test_cache_write_errors_name_the_entry_and_source(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/random/.tmpXXXX")
 
-    monkeypatch.setattr(cache_module.tempfile, "mkstemp", denied)
+    monkeypatch.setattr("specnorm._io.tempfile.mkstemp", denied)
     with pytest.raises(PermissionError, match=r"cannot write cache entry .*\.npy of .*s.wav: Permission denied") as e:
         cache(fn)
     assert "tmpXXXX" not in str(e.value)
