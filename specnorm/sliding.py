@@ -118,7 +118,7 @@ def padded_sliding_norm(
         >>> import torch
         >>> x = torch.tensor([[0.0, 101, 102, 103, 0, 0]])
         >>> padded_sliding_norm(x, torch.tensor([3]), torch.tensor([1]), window=3)
-        tensor([[0., 0., 0., 0., 0., 0.]])
+        tensor([[ 0., -1.,  0.,  1.,  0.,  0.]])
     """
     x = x.as_subclass(Tensor)
     x = x if x.is_floating_point() else x.float()
