@@ -330,9 +330,11 @@ def get_dls(
         ...               batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())])  # doctest: +SKIP
     """
     path = Path(path)
-    if "auto" in (sample_rate, crop_signal_to):
+    auto = "auto" in (sample_rate, crop_signal_to)
+    if auto:  # the files' headers are read: check the table first
         _check_table(df, path, fn_col, label_col, fold_col, crop_signal_to=1)  # names, labels, folds, files
-        sample_rate, crop_signal_to = auto_settings([path / fn for fn in df[fn_col]], sample_rate, crop_signal_to)
+    files = [path / fn for fn in df[fn_col]] if auto else []
+    sample_rate, crop_signal_to = auto_settings(files, sample_rate, crop_signal_to)
     _check_table(df, path, fn_col, label_col, fold_col, sample_rate, crop_signal_to, item_tfms, batch_tfms)
     df = df.reset_index(drop=True)
     pref = f"{path}/"
