@@ -52,7 +52,12 @@ class AudioDL(TfmdDL):
     def create_batch(self, b):
         xs = [it[0] for it in b] if isinstance(b[0], tuple) else b
         if not isinstance(xs[0], AudioTensor):
-            return super().create_batch(b)
+            res = super().create_batch(b)
+            if getattr(xs[0], "lengths", None) is not None:  # e.g. spectrogram items: a batch has per-item lengths
+                x = res[0] if isinstance(res, tuple) else res
+                x.lengths = torch.tensor([getattr(it, "lengths", it.shape[-1]) for it in xs], dtype=torch.int64)
+                x.pad_before = torch.tensor([getattr(it, "pad_before", 0) for it in xs], dtype=torch.int64)
+            return res
         rates = sorted({x.sr for x in xs})
         if len(rates) > 1:
             raise ValueError(

@@ -118,6 +118,16 @@ def test_padded_statistics_equal_those_of_the_clips_alone(tmp_path, pad_mode):
     assert monitor.report.score < 1e-6
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_spectrogram_items_collate_their_lengths(tmp_path, fast):
+    "AudioToSpec as an item transform: the batch gets every item's frames, not the first item's."
+    df, _ = digits_like(tmp_path)
+    kw = dict(bs=4, num_workers=0, sample_rate=SR, crop_signal_to=1000, shuffle=False, fast=fast)
+    x, _ = get_dls(df, tmp_path / "audio", item_tfms=[a2s()], **kw).valid.one_batch()
+    assert isinstance(x, AudioSpectrogram) and x.lengths.tolist() == [13, 21, 29, 37]
+    assert x.pad_before.tolist() == [14, 10, 6, 2]  # (8000 - samples) // 2 // hop: centred padding
+
+
 def padded_batch(clips, crop_ms=1000, pad_mode="zeros"):
     "The clips padded by `ResizeSignal` (validation: centred) and collated as `AudioDL` does."
     items = [ResizeSignal(crop_ms, pad_mode)(AudioTensor(torch.from_numpy(x), sr=SR)) for x in clips]
