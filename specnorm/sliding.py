@@ -33,6 +33,12 @@ set by the float32 input and output (measured up to 2e-5, two-frame windows on l
 included). On CUDA all sums are float64. Float32 values beyond ~1e37 overflow the float32 sums and
 outputs: NaN/Inf outputs, which the transform's check reports.
 
+Padded batches (spectrograms carrying `lengths` and `pad_before`, as `AudioToSpec` sets them) go through
+`padded_sliding_norm`: each clip is normalized as if alone, its windows shifted to stay inside its own
+frames, and the padded frames give 0. Its window sums are differences of one float64 cumulative sum per
+row (per-clip edges gathered on the device), slower than the distinct-window path above (measured 2.4x
+on a [32, 1, 201, 401] CPU batch with `window=300`, on a busy machine) and as accurate (float32 rounding).
+
 `ShortTimeAudioNormalize` is the waveform counterpart: each sample is divided by the RMS of the
 signal in a window of `window_s` seconds around it (same centred window rule), which evens out
 the loudness within a clip, a short-time automatic gain control. The sums of squares are float64.
@@ -161,7 +167,9 @@ class SlidingSpecNorm(DisplayedTransform):
     Each frequency channel of each clip is normalized by the mean (and with `norm_vars` the
     standard deviation) of a window of frames around each frame; the edge rules are in the module
     docstring. Needs no training statistics. Acts on `AudioSpectrogram` (any `TensorImageBase`);
-    plain tensors pass through unchanged (fastai type dispatch). The output's metadata says
+    plain tensors pass through unchanged (fastai type dispatch). A batch carrying `lengths` (valid
+    frames per clip, after `pad_before` padded frames) is normalized clip by clip over its valid
+    frames only, and padding comes out as 0 (`padded_sliding_norm`). The output's metadata says
     `standardized=True` with `norm_vars`, else `centred=True` (the mean is removed, the units kept).
     Batches with NaN or Inf outputs are counted on the device; `check()` raises (`FiniteCheck`).
 
