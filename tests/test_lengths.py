@@ -181,6 +181,41 @@ def test_per_clip_normalizations_use_the_valid_frames_only(device, pad_mode):
     assert (got[:, : item.pad_before] == 0).all() and (got[:, item.pad_before + item.lengths :] == 0).all()
 
 
+def test_statistics_and_spec_normalize_of_padded_batches_read_nothing_on_the_host(device):
+    clips = [clip(i, s) for i, s in enumerate(SECONDS)]
+    wave = padded_batch(clips)
+    spec = a2s()(wave)
+    spec = AudioSpectrogram(
+        spec.as_subclass(torch.Tensor).to(device),
+        sr=SR,
+        lengths=spec.lengths.to(device),
+        pad_before=spec.pad_before.to(device),
+    )
+    (chan,) = compute_stats([spec], red_dims=[CHANNEL_AXES], progress=False)
+    norm, monitor = SpecNormalize.from_stats(chan), NormDriftMonitor(reference=chan, warn=False)
+    norm(spec)  # the device copies of the statistics are made on first use
+    recorder = type(chan)(CHANNEL_AXES)
+    with no_host_reads():
+        out = norm(spec)
+        recorder.update(spec, mask=valid_mask(spec))
+        monitor.update(spec)
+    assert (out.as_subclass(torch.Tensor)[~valid_mask(out).expand(out.shape)] == 0).all()
+    mean, std = reference([alone(x) for x in clips], CHANNEL_AXES)
+    for rec in (recorder, monitor.new_stats):
+        np.testing.assert_allclose(rec.mean.double().flatten().cpu().numpy(), mean, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(rec.std.double().flatten().cpu().numpy(), std, rtol=1e-5, atol=1e-4)
+
+
+def test_resample_scales_the_valid_samples():
+    from specnorm.signal import Resample
+
+    item = ResizeSignal(1000, "zeros")(AudioTensor(torch.ones(1, 2400), sr=SR))  # 2800 zeros, 2400 samples
+    up = Resample(16000)(item)
+    assert (up.lengths, up.pad_before) == (4800, 5600) and up.shape[-1] == 16000
+    m = valid_mask(up)
+    assert m.sum() == 4800 and torch.allclose(up[0, 5700:10300], torch.ones(4600), atol=2e-2)
+
+
 def test_padded_frames_of_a_spectrogram_hold_what_silence_gives():
     clips = [clip(i, s, edge=0) for i, s in enumerate(SECONDS)]
     wave = padded_batch(clips)
