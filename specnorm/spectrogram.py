@@ -89,6 +89,12 @@ class AudioToSpec(DisplayedTransform):
         top_db (float or None): clamp each spectrogram to `top_db` below its maximum (per item in a batch).
         **settings: keyword arguments of the torchaudio transform (`n_fft`, `hop_length`, `n_mels`, `sample_rate`...).
 
+    Padding: a signal carrying `lengths` and `pad_before` (valid samples, as `ResizeSignal` and the
+    batches of `get_dls` carry them) gives a spectrogram carrying them in frames (`frame_lengths`: the
+    frames whose centre lies inside the clip), whose other frames hold what silence gives (-100 dB for a
+    power dB spectrogram; with `top_db`, at least each clip's `max - top_db`), frames partly in the
+    padding included.
+
     Shape:
         `[C, T]` -> `[C, F, frames]`; `[B, C, T]` -> `[B, C, F, frames]`. With the defaults
         (`n_fft=400`, `hop_length=200`), 5 s at 16 kHz gives `[1, 201, 401]`.
@@ -175,17 +181,13 @@ class AudioToSpec(DisplayedTransform):
         if lengths is None:
             return AudioSpectrogram(spec, sr=x.sr, **self.meta)
         settings = self.settings.get("melkwargs") or self.settings  # MFCC's frame settings are in melkwargs
-        out = AudioSpectrogram(spec, sr=x.sr, **self.meta)
-        out.lengths, out.pad_before = frame_lengths(
-            lengths,
-            getattr(x, "pad_before", 0),
-            self.meta["hop_length"],
-            spec.shape[-1],
-            0 if settings.get("center", True) else self.meta["n_fft"] // 2,
+        centre = 0 if settings.get("center", True) else self.meta["n_fft"] // 2
+        frames, before = frame_lengths(
+            lengths, getattr(x, "pad_before", 0), self.meta["hop_length"], spec.shape[-1], centre
         )
+        out = AudioSpectrogram(spec, sr=x.sr, **self.meta, lengths=frames, pad_before=before)
         # Padded frames read as silence, frames partly in the padding included.
-        filled = torch.where(valid_mask(out), spec, self._floor(spec, lengths))
-        return AudioSpectrogram(filled, sr=x.sr, **self.meta, lengths=out.lengths, pad_before=out.pad_before)
+        return out.copy_(torch.where(valid_mask(out), spec, self._floor(spec, lengths)))
 
     def _silence(self, device):
         "What silence gives, one value per row `[F, 1]` (-100 dB in a power dB spectrogram), cached per device."
