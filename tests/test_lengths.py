@@ -359,3 +359,17 @@ def test_cli_stats_chooses_the_defaults_from_the_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "sample rate 8000 Hz (auto), crop 800 ms (auto)" in printed and out.is_file()
     assert main(["stats", "--data", str(tmp_path / "data"), "--sample-rate", "x", "--out", str(out)]) == 2
+
+
+def test_auto_settings_replace_only_auto(tmp_path):
+    from specnorm.data import AUTO_MAX_SAMPLE_RATE, auto_settings
+
+    df = _folder(tmp_path, 48000, [1.0, 1.2, 1.25])
+    files = [tmp_path / "audio" / fn for fn in df.filename]
+    assert AUTO_MAX_SAMPLE_RATE == 16000
+    assert auto_settings(files) == (16000, 1300)  # capped (48 kHz is downsampled); 1.25 s -> 1300 ms
+    assert auto_settings(files, "auto", 5000) == (16000, 5000)
+    assert auto_settings(files, 22050, "auto") == (22050, 1300)
+    assert auto_settings(files, None, None) == (None, None)
+    with pytest.raises(ValueError, match="crop_signal_to must be a positive number.*not -1"):
+        auto_settings(files, "auto", -1)
