@@ -103,10 +103,7 @@ def _worker(rank_, world, port, root, out):
         # a bad file that only rank 1 reads: every rank raises, promptly
         bad = df.copy()
         bad.loc[bad.filename == _bad_file(df), "filename"] = "broken.wav"  # written by `two_ranks`
-        # a given rate: 'auto' would read the headers, and name the broken file, in get_dls already
-        bad_dls = get_dls(
-            bad, audio, bs=2, sample_rate=16000, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec()]
-        )
+        bad_dls = get_dls(bad, audio, bs=2, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec()])
         start = time.time()
         try:
             compute_stats(bad_dls.train, progress=False)
