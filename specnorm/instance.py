@@ -18,7 +18,7 @@ from fastai.torch_core import TensorImageBase
 
 from .functional import INSTANCE_EPS, FiniteCheck, check_axes, check_eps, instance_norm, lengths_to_mask, valid_mask
 
-__all__ = ["InstanceSpecNorm", "instance_norm", "lengths_to_mask"]
+__all__ = ["InstanceSpecNorm", "instance_norm", "lengths_to_mask", "valid_mask"]
 
 
 class InstanceSpecNorm(DisplayedTransform):
