@@ -3,10 +3,10 @@
 How the frames that straddle a clip's end count: a spectrogram frame is valid when its centre lies in the
 clip's samples (`spectrogram.frame_lengths`), so a padded clip keeps exactly the frames the clip alone gives.
 The frames within `n_fft / 2` samples of an end see zero padding in the batch but torchaudio's reflection
-of the clip alone: they are the only frames that differ. The exactness tests give each clip `n_fft / 2`
-silent samples at both ends, so those frames are equal too, and compare with float64 numpy statistics of the
-clips alone at float32 rounding (rtol 1e-5); `test_clip_edges_change_only_the_straddling_frames` bounds
-the effect of real clip edges.
+of the clip alone: they are the only frames that differ. The exactness tests give each clip `n_fft / 2 + 1`
+silent samples at both ends (the reflection reaches one sample further in), so those frames are equal too, and
+compare with float64 numpy statistics of the clips alone at float32 rounding (rtol 1e-5);
+`test_clip_edges_change_only_the_straddling_frames` bounds the effect of real clip edges.
 """
 
 import contextlib
