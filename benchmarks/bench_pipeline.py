@@ -59,7 +59,7 @@ def make_dls(df, folder, seconds, device, bs, **kwargs):
     from specnorm.all import AudioConfig, AudioToSpec, SpecNormalize, get_dls
 
     tfms = [AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram(n_fft=N_FFT)), SpecNormalize(0.0, 1.0)]
-    kwargs = dict(num_workers=0, drop_last=False) | kwargs
+    kwargs = dict(num_workers=0, drop_last=False, sample_rate=SR) | kwargs  # the rate the baselines use
     return get_dls(df, folder, bs=bs, crop_signal_to=seconds * 1000, batch_tfms=tfms, device=device, **kwargs)
 
 

@@ -58,6 +58,22 @@ def _read_dataset(data, csv, audio):
     return pd.read_csv(csv_path), data / audio
 
 
+def _resolve_auto(df, audio, args):
+    "Replace `--sample-rate auto` / `--crop-ms auto` by what the files' headers give (`data.auto_settings`)."
+    if "auto" not in (args.sample_rate, args.crop_ms):
+        return
+    from .data import _check_table, auto_settings
+
+    _check_table(df, audio, "filename", "category", "fold", crop_signal_to=1)  # names the bad column, row or file
+    chosen = auto_settings([audio / fn for fn in df["filename"]], args.sample_rate, args.crop_ms)
+    print(
+        f"from the files: sample rate {chosen[0]} Hz{' (auto)' if args.sample_rate == 'auto' else ''}, "
+        f"crop {chosen[1]:g} ms{' (auto)' if args.crop_ms == 'auto' else ''}",
+        flush=True,
+    )
+    args.sample_rate, args.crop_ms = chosen
+
+
 def _audio_cfg(mel, sample_rate):
     from .config import AudioConfig
 
@@ -112,6 +128,7 @@ def compare_cmd(args):
     _check_methods(args.methods)
     df, audio = _read_dataset(args.data, args.csv, args.audio)
     _check_batch_size(df, args)
+    _resolve_auto(df, audio, args)
     results = compare(
         df,
         audio,
@@ -139,6 +156,7 @@ def stats_cmd(args):
     from .stats import compute_stats
 
     df, audio = _read_dataset(args.data, args.csv, args.audio)
+    _resolve_auto(df, audio, args)
     # No batch-size check here: the statistics pass reads every chosen clip, whatever the batch size.
     axes = STATS_AXES[args.axes]
     dls = get_dls(
@@ -218,6 +236,15 @@ def _number(text, low=0.0, high=math.inf, high_included=False):
 
 def _positive_number(text):
     return _number(text)
+
+
+def _or_auto(parse):
+    "A parser that also takes the word `auto` (a default chosen from the files)."
+
+    def parse_or_auto(text):
+        return "auto" if text == "auto" else parse(text)
+
+    return parse_or_auto
 
 
 def _fraction(text):
@@ -320,16 +347,24 @@ def _parser():
     def command(name, help, description=None):
         return sub.add_parser(name, help=help, description=description or help, parents=[common], formatter_class=_Help)
 
-    def dataset_args(p):
+    def dataset_args(p, sample_rate, crop_ms):
         p.add_argument("--data", required=True, help="dataset folder laid out like ESC-50")
         p.add_argument("--csv", default="meta/esc50.csv", help="metadata CSV, relative to --data")
         p.add_argument("--audio", default="audio", help="audio folder, relative to --data")
         p.add_argument("--fold", type=int, default=1, help="validation fold")
         p.add_argument("--bs", type=_integer(1), default=64, help="batch size")
         p.add_argument("--mel", action="store_true", help="64-band mel spectrograms instead of linear ones")
-        p.add_argument("--sample-rate", type=_integer(1), default=16000, help="every clip is resampled to this (Hz)")
         p.add_argument(
-            "--crop-ms", type=_positive_number, default=5000, help="every clip is cropped or padded to this (ms)"
+            "--sample-rate",
+            type=_or_auto(_integer(1)),
+            default=sample_rate,
+            help="every clip is resampled to this (Hz); auto: the files' own rate, at most 16000 (never upsampled)",
+        )
+        p.add_argument(
+            "--crop-ms",
+            type=_or_auto(_positive_number),
+            default=crop_ms,
+            help="every clip is cropped or padded to this (ms); auto: the 90th percentile of the clip lengths",
         )
         p.add_argument("--workers", type=_integer(0), default=None, help="DataLoader workers (default: fastai's)")
 
@@ -347,7 +382,7 @@ def _parser():
         "compare normalizations on a dataset laid out like ESC-50 (default: 3 methods x 5 runs x 20 epochs, 5 s clips)",
         _COMPARE_DESCRIPTION,
     )
-    dataset_args(c)
+    dataset_args(c, 16000, 5000)  # the reference protocol (ESC-50: 44.1 kHz, 5 s clips)
     c.add_argument("--methods", nargs="+", default=["none", "global", "channel"], help="normalization methods")
     c.add_argument("--epochs", type=_integer(1), default=20, help="epochs per run")
     c.add_argument("--runs", type=_integer(1), default=5, help="models trained from scratch per method")
@@ -357,7 +392,7 @@ def _parser():
     c.set_defaults(run=compare_cmd)
 
     s = command("stats", "compute and save training-set statistics (safetensors)")
-    dataset_args(s)
+    dataset_args(s, "auto", "auto")
     s.add_argument("--fraction", type=_fraction, default=1.0, help="share of training clips the statistics read")
     s.add_argument("--out", type=_out_file, default="stats.safetensors", help="file the statistics are saved to")
     s.add_argument("--axes", choices=("global", "channel"), default="global", help="one mean and std, or one per row")

@@ -7,6 +7,7 @@ every clip once into a `WaveformStore` and serves whole batches from it (`Wavefo
 gives fastai's per-item pipeline (`AudioBlock`), whose batches the fast path reproduces.
 """
 
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -25,14 +26,20 @@ from .loader import AsFloat32, AudioDL, WaveformDL
 from .signal import ResizeSignal, audio_item_tfms
 from .spectrogram import AudioToSpec
 from .store import WaveformStore
+from .survey import survey_audio
 
 __all__ = [
+    "AUTO_MAX_SAMPLE_RATE",
     "AudioBlock",
     "AudioGetter",
     "CrossValidationSplitter",
     "OpenAudio",
+    "auto_settings",
     "get_dls",
 ]
+
+# `sample_rate='auto'` keeps a dataset's own rate up to this (Hz): higher rates are downsampled, none upsampled.
+AUTO_MAX_SAMPLE_RATE = 16000
 
 # fastaudio's dataset addresses, added to fastai's `URLs` where fastai lacks them (nothing is downloaded).
 _DATASETS = {
@@ -227,6 +234,33 @@ def CrossValidationSplitter(col="fold", fold=1):
     return _split
 
 
+def auto_settings(files, sample_rate="auto", crop_signal_to="auto"):
+    """`(sample_rate, crop_signal_to)` with each `'auto'` replaced by the default `survey_audio` derives from
+    `files`' headers: the dataset's own rate capped at `AUTO_MAX_SAMPLE_RATE` (no upsampling), and the 90th
+    percentile of the clip lengths in 100 ms steps. Other values are checked and returned as they are.
+
+    Example:
+        >>> auto_settings([], 16000, 5000)
+        (16000, 5000)
+    """
+    if not (sample_rate in ("auto", None) or (isinstance(sample_rate, numbers.Integral) and sample_rate > 0)):
+        raise ValueError(f"sample_rate must be a positive int (Hz), 'auto' or None, not {sample_rate!r}")
+    if not (crop_signal_to in ("auto", None) or (isinstance(crop_signal_to, numbers.Real) and crop_signal_to > 0)):
+        raise ValueError(f"crop_signal_to must be a positive number (ms), 'auto' or None, not {crop_signal_to!r}")
+    if "auto" not in (sample_rate, crop_signal_to):
+        return sample_rate, crop_signal_to
+    try:
+        survey = survey_audio(files, max_sample_rate=AUTO_MAX_SAMPLE_RATE)
+    except ValueError as e:  # unreadable files, named
+        raise ValueError(
+            f"cannot decode audio file (not audio, or corrupt) to choose sample_rate/crop_signal_to='auto': {e}"
+        ) from e
+    return (
+        survey.default_sample_rate if sample_rate == "auto" else sample_rate,
+        survey.default_crop_ms if crop_signal_to == "auto" else crop_signal_to,
+    )
+
+
 def get_dls(
     df,
     path,
@@ -237,9 +271,9 @@ def get_dls(
     fn_col="filename",
     label_col="category",
     fold_col="fold",
-    sample_rate=16000,
+    sample_rate="auto",
     force_mono=True,
-    crop_signal_to=None,
+    crop_signal_to="auto",
     cache_folder=None,
     fast=True,
     store_dtype="float32",
@@ -265,11 +299,18 @@ def get_dls(
         item_tfms, batch_tfms: extra transforms (e.g. `AudioNormalize`; `AudioToSpec`, `SpecNormalize`).
             On the fast path item transforms run per item on the cropped clips (slower than batch ones).
         fold: the validation fold; the other folds train.
-        sample_rate (int or None): resample every clip to this rate. None keeps each file's rate, and then
-            the clips must share one rate (a batch has one `sr`): mixed rates raise a `ValueError` naming them.
+        sample_rate (int, 'auto' or None): resample every clip to this rate. `'auto'` (default): the
+            dataset's own rate, never upsampled, capped at `AUTO_MAX_SAMPLE_RATE` = 16 kHz (`survey_audio`'s
+            `default_sample_rate`: the highest rate 90% of the files have natively; 8 kHz data stays at
+            8 kHz, 44.1 kHz data goes to 16 kHz). None keeps each file's rate, and then the clips must share
+            one rate (a batch has one `sr`): mixed rates raise a `ValueError` naming them.
         force_mono (bool): average the channels.
-        crop_signal_to (float or None): crop or pad every clip to this many milliseconds (`ResizeSignal`);
-            None keeps whole clips (the fast path pads each batch at the end to its longest clip).
+        crop_signal_to (float, 'auto' or None): crop or pad every clip to this many milliseconds
+            (`ResizeSignal`). `'auto'` (default): the 90th percentile of the clip lengths, rounded up to
+            100 ms (`survey_audio`'s `default_crop_ms`), so 90% of the clips are kept whole and a 0.5 s dataset
+            is not padded to 5 s; the survey warns when a tenth of the clips would still be more than half
+            padding. None keeps whole clips (the fast path pads each batch at the end to its longest clip).
+            Padding never counts in the statistics or normalizations (batches carry `lengths`/`pad_before`).
         cache_folder: where the store lives on disk (fast path; `AudioCache` files with `fast=False`).
             None keeps the store in memory for the session.
         fast (bool): the store and `WaveformDL` (True) or fastai's per-item pipeline (False).
@@ -290,6 +331,11 @@ def get_dls(
         ...               batch_tfms=[AudioToSpec.from_cfg(AudioConfig.BasicSpectrogram())])  # doctest: +SKIP
     """
     path = Path(path)
+    auto = "auto" in (sample_rate, crop_signal_to)
+    if auto:  # the files' headers are read: check the table first
+        _check_table(df, path, fn_col, label_col, fold_col, crop_signal_to=1)  # names, labels, folds, files
+    files = [path / fn for fn in df[fn_col]] if auto else []
+    sample_rate, crop_signal_to = auto_settings(files, sample_rate, crop_signal_to)
     _check_table(df, path, fn_col, label_col, fold_col, sample_rate, crop_signal_to, item_tfms, batch_tfms)
     df = df.reset_index(drop=True)
     pref = f"{path}/"

@@ -25,7 +25,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import TensorImageBase
 
 from .distributed import is_distributed, rank
-from .functional import CHANNEL_AXES, SPEC_STD_EPS, floor_std, gaussian_kl
+from .functional import CHANNEL_AXES, SPEC_STD_EPS, floor_std, gaussian_kl, valid_mask
 from .normalize import SpecNormalize
 from .progress import progress_bar
 from .stats import StatsRecorder
@@ -91,6 +91,7 @@ class NormDriftMonitor(Callback):
     `get_preds`, `predict`) and, after each such pass, builds a `DriftReport` (`.report`) and warns
     when its score is above `threshold`. On its own, `scan(dl)` does the same over any DataLoader.
     Batches that went through a `SpecNormalize` are recorded denormalized, in the training units.
+    Padded frames (of batches carrying `lengths`, see `AudioToSpec`) are left out, as in the training statistics.
 
     Args:
         reference: the training statistics, a `StatsRecorder` (per channel, `red_dims=(0, 1, 3)`, for a
@@ -140,13 +141,14 @@ class NormDriftMonitor(Callback):
         "Fold in a batch (denormalized first when a normalizer was found)."
         if self.new_stats is None:
             self.reset()
+        mask = valid_mask(x)  # padded frames do not count (read before decoding, which keeps no metadata)
         if self.normalizer is not None:
             # fastai's Learner hands callbacks `xb` as plain tensors, which the normalizer's type
             # dispatch would pass through untouched: re-type it so `decode` (the exact inverse) applies.
             meta = dict(getattr(x, "__dict__", {}))
             x = self.normalizer.decode(x.as_subclass(TensorImageBase))
             x.__dict__.update(meta)  # spectrogram settings, for the report's frequency axis
-        self.new_stats.update(x)
+        self.new_stats.update(x, mask=mask)
         return self
 
     def scan(self, dl, progress: bool = False) -> DriftReport:

@@ -57,6 +57,7 @@ __all__ = [
     "short_time_rms",
     "sliding_norm",
     "standardize",
+    "valid_mask",
     "window_bounds",
 ]
 
@@ -306,7 +307,9 @@ def denormalize(y: Tensor, mean: Tensor | float, std: Tensor | float, eps: float
     return torch.addcmul(_to(mean.float(), y, y.dtype), y, _to(std.float(), y, y.dtype))
 
 
-def standardize(x: Tensor, dims: Sequence[int] = (-2, -1), eps: float = AUDIO_SILENCE_EPS) -> Tensor:
+def standardize(
+    x: Tensor, dims: Sequence[int] = (-2, -1), eps: float = AUDIO_SILENCE_EPS, mask: Tensor | None = None
+) -> Tensor:
     """Standardize each waveform by its own statistics: `(x - mean) / std` over `dims` (population std).
 
     Silence (std <= `eps * max(1, |mean|)`, e.g. all zeros or a constant) becomes zeros. NaN or Inf
@@ -316,6 +319,8 @@ def standardize(x: Tensor, dims: Sequence[int] = (-2, -1), eps: float = AUDIO_SI
         x: waveforms `[..., C, T]`.
         dims: dims of one item's statistics: `(-2, -1)` over all channels, `(-1,)` per channel.
         eps: silence threshold (`AUDIO_SILENCE_EPS`).
+        mask: optional bool tensor broadcastable to `x`, True on real samples (e.g. `valid_mask(x)` of a
+            padded batch): the statistics are those of the real samples, and masked samples come out as 0.
 
     Example:
         >>> import torch
@@ -328,10 +333,18 @@ def standardize(x: Tensor, dims: Sequence[int] = (-2, -1), eps: float = AUDIO_SI
     eps = check_eps(eps)
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError(f"standardize: got an empty signal of shape {tuple(x.shape)}")
-    std, mean = torch.std_mean(x, dim=tuple(dims), correction=0, keepdim=True)
+    dims = tuple(dims)
+    if mask is None:
+        std, mean = torch.std_mean(x, dim=dims, correction=0, keepdim=True)
+    else:
+        mask = torch.as_tensor(mask, device=x.device).as_subclass(Tensor).expand(x.shape)
+        count = mask.sum(dims, keepdim=True, dtype=x.dtype).clamp_min(1)  # all padding: zeros, not NaN
+        mean = torch.where(mask, x, 0).sum(dims, keepdim=True) / count
+        std = (torch.where(mask, x - mean, 0).square().sum(dims, keepdim=True) / count).sqrt()
     silent = std <= eps * mean.abs().clamp_min(1)
     scale = torch.where(silent, 0.0, 1 / std.clamp_min(torch.finfo(std.dtype).tiny))
-    return torch.sub(x, mean).mul_(scale)
+    out = torch.sub(x, mean).mul_(scale)
+    return out if mask is None else out.masked_fill_(~mask, 0)
 
 
 # -- exact statistics -------------------------------------------------------------------------------------
@@ -464,17 +477,58 @@ def gaussian_kl(mean_p: Tensor, var_p: Tensor, mean_q: Tensor, var_q: Tensor, ep
 
 
 # -- per-clip statistics ---------------------------------------------------------------------------------
-def lengths_to_mask(lengths: Sequence[int] | Tensor, n_frames: int) -> Tensor:
-    """A `[B, 1, 1, n_frames]` bool mask, True on the first `lengths[i]` frames of item `i`.
+def lengths_to_mask(
+    lengths: Sequence[int] | Tensor, n_frames: int, pad_before: Sequence[int] | Tensor | None = None
+) -> Tensor:
+    """A `[B, 1, 1, n_frames]` bool mask, True on the `lengths[i]` frames of item `i` after its `pad_before[i]`.
+
+    Args:
+        lengths: valid frames (or samples) per item.
+        n_frames: the padded length.
+        pad_before: padding before each item's valid part (None: 0, the valid part comes first).
 
     Example:
         >>> from specnorm.functional import lengths_to_mask
         >>> lengths_to_mask([2, 3], 4)[:, 0, 0]
         tensor([[ True,  True, False, False],
                 [ True,  True,  True, False]])
+        >>> lengths_to_mask([2, 3], 4, pad_before=[1, 0])[:, 0, 0]
+        tensor([[False,  True,  True, False],
+                [ True,  True,  True, False]])
     """
     lengths = torch.as_tensor(lengths).as_subclass(Tensor).reshape(-1, 1, 1, 1)
-    return torch.arange(n_frames, device=lengths.device) < lengths
+    t = torch.arange(n_frames, device=lengths.device)
+    if pad_before is None:
+        return t < lengths
+    first = torch.as_tensor(pad_before, device=lengths.device).as_subclass(Tensor).reshape(-1, 1, 1, 1)
+    return (t >= first) & (t < first + lengths)
+
+
+def valid_mask(x: Tensor) -> Tensor | None:
+    """The bool mask of `x`'s valid (unpadded) positions along its last axis, from its `lengths` and
+    `pad_before` attributes (None without `lengths`), shaped to broadcast to `x`: `[B, 1, ..., T]` for a
+    batch (`lengths` a 1-d tensor), `[1, ..., T]` for an item (`lengths` a number). Made on `x`'s device
+    with no host read.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import valid_mask
+        >>> x = torch.zeros(2, 1, 5)
+        >>> x.lengths, x.pad_before = torch.tensor([2, 5]), torch.tensor([1, 0])
+        >>> valid_mask(x)[:, 0].int()
+        tensor([[0, 1, 1, 0, 0],
+                [1, 1, 1, 1, 1]], dtype=torch.int32)
+    """
+    lengths = getattr(x, "lengths", None)
+    if lengths is None:
+        return None
+    n = x.shape[-1]
+    batched = isinstance(lengths, Tensor) and lengths.ndim == 1  # shape metadata: no host read
+    mask = lengths_to_mask(lengths, n, getattr(x, "pad_before", None))
+    if mask.device != x.device:
+        mask = mask.to(x.device, non_blocking=True)
+    lead = (-1,) if batched else (1,)
+    return mask.reshape(lead + (1,) * (x.ndim - 2) + (n,))
 
 
 def instance_norm(

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImageBase
 
-from .functional import INSTANCE_EPS, FiniteCheck, check_axes, check_eps, instance_norm, lengths_to_mask
+from .functional import INSTANCE_EPS, FiniteCheck, check_axes, check_eps, instance_norm, lengths_to_mask, valid_mask
 
-__all__ = ["InstanceSpecNorm", "instance_norm", "lengths_to_mask"]
+__all__ = ["InstanceSpecNorm", "instance_norm", "lengths_to_mask", "valid_mask"]
 
 
 class InstanceSpecNorm(DisplayedTransform):
@@ -28,7 +28,8 @@ class InstanceSpecNorm(DisplayedTransform):
     `SpecNormalize`. It acts on `AudioSpectrogram` (any `TensorImageBase`); plain tensors pass
     through unchanged (fastai type dispatch). A batch padded in time is handled when the
     spectrogram carries a `mask` attribute (bool, broadcastable, True on real values) or a
-    `lengths` attribute (valid frames per item): padding does not count and comes out as zeros.
+    `lengths` attribute (valid frames per item, after `pad_before` frames of padding; `AudioToSpec` sets
+    both): padding does not count and comes out as zeros.
     It never reads a value on the host: batches with NaN or Inf outputs are counted on the device
     and `check()` (called by the `CheckFinite` callback) raises naming the first of them.
 
@@ -61,10 +62,8 @@ class InstanceSpecNorm(DisplayedTransform):
 
     def encodes(self, x: TensorImageBase):
         mask = getattr(x, "mask", None)
-        if mask is None and getattr(x, "lengths", None) is not None:
-            mask = lengths_to_mask(x.lengths, x.shape[-1]).to(x.device, non_blocking=x.device.type != "cpu")
-            if x.ndim == 3:
-                mask = mask[0]
+        if mask is None:
+            mask = valid_mask(x)  # from `lengths`/`pad_before`, None without them
         out = instance_norm(x, self.axes, mask=mask, eps=self.eps)
         self.finite.update(out)
         return type(x)(out, **{**x.__dict__, "standardized": True})

@@ -2,9 +2,10 @@
 (whole batches gathered from a `WaveformStore`, the fast path of `get_dls`).
 
 Both give batches `(AudioTensor [B, C, T], targets...)` whose `AudioTensor` carries `lengths`, an int64
-tensor `[B]` (on the batch's device) of each clip's valid samples before padding, so later transforms
-can mask the padding; a clip cropped or repeated to the target length is valid throughout. Both copy
-batches to the device with `non_blocking=True` (asynchronous from pinned memory, `pin_memory=True`).
+tensor `[B]` (on the batch's device) of each clip's valid samples before padding, and `pad_before`, the
+zeros before them (`'zeros'` padding splits them before and after), so later transforms can mask the
+padding; a clip cropped or repeated to the target length is valid throughout. Both copy batches
+to the device with `non_blocking=True` (asynchronous from pinned memory, `pin_memory=True`).
 
 `WaveformDL` replaces fastai's per-item pipeline (open, decode, resample, downmix, crop, collate) by one
 gather of slices from the store per batch: the crop (or pad) of each clip is drawn like `ResizeSignal`
@@ -29,10 +30,16 @@ __all__ = ["AsFloat32", "AudioDL", "WaveformDL"]
 
 def _to_device(o, device):
     y = o.to(device, non_blocking=True)
-    lengths = getattr(o, "lengths", None)
-    if isinstance(lengths, torch.Tensor):
-        y.lengths = lengths.to(device, non_blocking=True)
+    for name in ("lengths", "pad_before"):
+        v = getattr(o, name, None)
+        if isinstance(v, torch.Tensor):
+            setattr(y, name, v.to(device, non_blocking=True))
     return y
+
+
+def _pad_before(lengths, starts, n):
+    "The zeros before each row's valid samples (numpy int64): `-start` for a short clip padded with zeros, else 0."
+    return np.where(lengths >= n, 0, np.maximum(-starts, 0)).astype(np.int64)
 
 
 class AudioDL(TfmdDL):
@@ -45,7 +52,12 @@ class AudioDL(TfmdDL):
     def create_batch(self, b):
         xs = [it[0] for it in b] if isinstance(b[0], tuple) else b
         if not isinstance(xs[0], AudioTensor):
-            return super().create_batch(b)
+            res = super().create_batch(b)
+            if getattr(xs[0], "lengths", None) is not None:  # e.g. spectrogram items: a batch has per-item lengths
+                x = res[0] if isinstance(res, tuple) else res
+                x.lengths = torch.tensor([getattr(it, "lengths", it.shape[-1]) for it in xs], dtype=torch.int64)
+                x.pad_before = torch.tensor([getattr(it, "pad_before", 0) for it in xs], dtype=torch.int64)
+            return res
         rates = sorted({x.sr for x in xs})
         if len(rates) > 1:
             raise ValueError(
@@ -55,6 +67,7 @@ class AudioDL(TfmdDL):
         lengths = torch.tensor([getattr(x, "lengths", x.shape[-1]) for x in xs], dtype=torch.int64)
         x = res[0] if isinstance(res, tuple) else res
         x.lengths = lengths
+        x.pad_before = torch.tensor([getattr(it, "pad_before", 0) for it in xs], dtype=torch.int64)
         return res
 
     def __iter__(self):
@@ -185,14 +198,21 @@ class WaveformDL(AudioDL):
         starts, ys = self.starts(idx, t, n), [y[torch.from_numpy(idx)] for y in self.ys]
         if self.on_device and self.device is not None and not self.after_item.fs and get_worker_info() is None:
             data, lengths = self.store.take(self.store.samples_on(self.device), rows, n, starts, self.pad_mode)
-            lengths = torch.from_numpy(lengths).to(data.device, non_blocking=True)
-            return (AudioTensor(data, sr=sr, lengths=lengths), *ys)
+            lengths, before = (
+                torch.from_numpy(v).to(data.device, non_blocking=True)
+                for v in (lengths, _pad_before(lengths, starts, n))
+            )
+            return (AudioTensor(data, sr=sr, lengths=lengths, pad_before=before), *ys)
         data, lengths = self.store.gather(rows, n, starts, self.pad_mode)
+        before = _pad_before(lengths, starts, n)
         if not self.after_item.fs:
-            return (AudioTensor(torch.from_numpy(data), sr=sr, lengths=torch.from_numpy(lengths)), *ys)
+            lengths, before = torch.from_numpy(lengths), torch.from_numpy(before)
+            return (AudioTensor(torch.from_numpy(data), sr=sr, lengths=lengths, pad_before=before), *ys)
         data = torch.from_numpy(data).float()
         items = [
-            self.after_item((AudioTensor(data[i], sr=sr, lengths=int(lengths[i])), *(y[i] for y in ys)))
+            self.after_item(
+                (AudioTensor(data[i], sr=sr, lengths=int(lengths[i]), pad_before=int(before[i])), *(y[i] for y in ys))
+            )
             for i in range(len(idx))
         ]
         return super().create_batch(items)

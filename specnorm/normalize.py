@@ -37,6 +37,7 @@ from .functional import (
     check_eps,
     floor_std,
     standardize,
+    valid_mask,
 )
 
 __all__ = ["AUDIO_SILENCE_EPS", "SPEC_STD_EPS", "AudioNormalize", "CheckFinite", "SpecNormalize"]
@@ -95,6 +96,10 @@ class SpecNormalize(Normalize):
     `std` is floored at `eps * |mean|` so a constant channel maps to ~0, never Inf; a channel whose
     floored std is still 0 (all zeros, or constant with `eps=0`) is only centred. `decodes` is the
     exact inverse, so `show_batch` shows dB.
+
+    Padding: batches carrying `lengths` (valid frames, set by `AudioToSpec` from the waveforms' valid
+    samples) are computed from their valid frames only in `setups` (`compute_stats` masks the padding),
+    and their padded frames come out as 0, the standardized floor (decoding gives the mean there).
 
     Without statistics, `setups` computes them with `compute_stats` over the whole training split
     (or a random `fraction` of it) through the batch transforms that come before it, when the
@@ -326,6 +331,9 @@ class SpecNormalize(Normalize):
         else:
             y = torch.addcmul(shift, batch, scale)
         y = y if t.ndim == 4 else y[0]
+        mask = None if decode else valid_mask(x)
+        if mask is not None:  # padded frames: 0, the standardized floor (they are masked out of the statistics)
+            y = y.masked_fill_(~mask, 0)
         if self.check_finite and not decode:
             self.finite.update(y)
         y = y.as_subclass(type(x))
@@ -363,7 +371,9 @@ class AudioNormalize(DisplayedTransform):
     The sample rate and other metadata are kept. On a batch `[B, C, T]` each item gets its own statistics.
 
     `order = 20`: after `Resample` (11), `DownmixMono` (10) and `ResizeSignal` (12), so the
-    statistics are those of exactly the samples the model sees (after cropping and padding).
+    statistics are those of exactly the samples the model sees after cropping. Padding does not count:
+    a waveform with `lengths` (and `pad_before`), as `ResizeSignal` and the batches of `get_dls` carry,
+    is standardized over its valid samples, and its padding stays 0 (`specnorm.functional.valid_mask`).
 
     Args:
         per_channel (bool): one mean and std per channel of a multichannel item; by default one
@@ -396,7 +406,7 @@ class AudioNormalize(DisplayedTransform):
     def encodes(self, x: AudioTensor):
         if x.shape[-1] == 0:
             raise ValueError(f"AudioNormalize: got an empty signal of shape {tuple(x.shape)}")
-        y = standardize(x, (-1,) if self.per_channel else (-2, -1), self.eps)
+        y = standardize(x, (-1,) if self.per_channel else (-2, -1), self.eps, mask=valid_mask(x))
         self.finite.update(y)
         y = y.as_subclass(type(x))
         y.set_meta(x, as_copy=True)

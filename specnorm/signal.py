@@ -143,6 +143,9 @@ class Resample(DisplayedTransform):
         lengths = getattr(x, "lengths", None)
         if lengths is not None:  # valid samples scale as the signal does: ceil(length * sr / x.sr)
             y.lengths = (lengths * self.sr + x.sr - 1) // x.sr
+        pad_before = getattr(x, "pad_before", None)
+        if pad_before is not None:  # the first valid sample, at the new rate
+            y.pad_before = (pad_before * self.sr + x.sr - 1) // x.sr
         return y
 
 
@@ -169,8 +172,8 @@ class ResizeSignal(RandTransform):
     `'zeros'` (silence split before and after: at random on the training split, evenly elsewhere),
     `'zeros_after'` (silence at the end) or `'repeat'` (the signal repeated).
 
-    The output carries `lengths` (int): its samples that are signal, not zero padding (`AudioDL`
-    collates them into the batch's `lengths` tensor).
+    The output carries `lengths` (int): its samples that are signal, not zero padding, and `pad_before`
+    (int): the zeros before them (`AudioDL` collates both into the batch's `lengths`/`pad_before` tensors).
 
     Args:
         duration (float): target length in milliseconds.
@@ -206,18 +209,18 @@ class ResizeSignal(RandTransform):
             raise ValueError(f"ResizeSignal: got an empty signal of shape {tuple(x.shape)}")
         if length >= n:
             start = random.randint(0, length - n) if self.training else 0
-            return self._with_length(x[..., start : start + n], n)
+            return self._with_length(x[..., start : start + n], n, 0)
         missing = n - length
         if self.pad_mode == "repeat":
-            return self._with_length(x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n], n)
+            return self._with_length(x.repeat(*([1] * (x.ndim - 1)), -(-n // length))[..., :n], n, 0)
         before = (
             0 if self.pad_mode == "zeros_after" else (random.randint(0, missing) if self.training else missing // 2)
         )
-        return self._with_length(F.pad(x, (before, missing - before)), length)
+        return self._with_length(F.pad(x, (before, missing - before)), length, before)
 
     @staticmethod
-    def _with_length(x, valid):
-        x.lengths = valid
+    def _with_length(x, valid, before):
+        x.lengths, x.pad_before = valid, before
         return x
 
 

@@ -33,6 +33,12 @@ set by the float32 input and output (measured up to 2e-5, two-frame windows on l
 included). On CUDA all sums are float64. Float32 values beyond ~1e37 overflow the float32 sums and
 outputs: NaN/Inf outputs, which the transform's check reports.
 
+Padded batches (spectrograms carrying `lengths` and `pad_before`, as `AudioToSpec` sets them) go through
+`padded_sliding_norm`: each clip is normalized as if alone, its windows shifted to stay inside its own
+frames, and the padded frames give 0. Its window sums are differences of one float64 cumulative sum per
+row (per-clip edges gathered on the device), slower than the distinct-window path above (measured 2.4x
+on a [32, 1, 201, 401] CPU batch with `window=300`, on a busy machine) and as accurate (float32 rounding).
+
 `ShortTimeAudioNormalize` is the waveform counterpart: each sample is divided by the RMS of the
 signal in a window of `window_s` seconds around it (same centred window rule), which evens out
 the loudness within a clip, a short-time automatic gain control. The sums of squares are float64.
@@ -51,8 +57,10 @@ The math is in `specnorm.functional` (`sliding_norm`, `short_time_rms`, `window_
 count NaN/Inf outputs on the device and report them in `check()` (`specnorm.functional.FiniteCheck`).
 """
 
+import torch
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImageBase
+from torch import Tensor
 
 from .audio import AudioTensor
 from .functional import (
@@ -60,13 +68,97 @@ from .functional import (
     MIN_WINDOW,
     SLIDING_WINDOW,
     FiniteCheck,
+    _accumulator_dtype,
     check_eps,
     short_time_rms,
     sliding_norm,
     window_bounds,
 )
 
-__all__ = ["ShortTimeAudioNormalize", "SlidingSpecNorm", "short_time_rms", "sliding_norm", "window_bounds"]
+__all__ = [
+    "ShortTimeAudioNormalize",
+    "SlidingSpecNorm",
+    "padded_sliding_norm",
+    "short_time_rms",
+    "sliding_norm",
+    "window_bounds",
+]
+
+
+def _clip_bounds(u, n, window, center, min_window):
+    "`_bounds` of the module docstring for frame `u` of a clip of `n` frames, elementwise on int64 tensors."
+    if center:
+        start = u - window // 2
+        end = start + window - start.clamp(max=0)  # shifted right to start at frame 0
+    else:
+        start, end = u - window, (u + 1).clamp(min=min_window)  # at the start: look ahead to min_window frames
+    start = start.clamp(min=0)
+    overflow = (end - n).clamp(min=0)
+    return (start - overflow).clamp(min=0), end - overflow  # shifted left to end at the clip's last frame
+
+
+def padded_sliding_norm(
+    x: Tensor,
+    lengths: Tensor | int,
+    pad_before: Tensor | int = 0,
+    window: int = SLIDING_WINDOW,
+    center: bool = True,
+    norm_vars: bool = False,
+    min_window: int = MIN_WINDOW,
+    eps: float = INSTANCE_EPS,
+) -> Tensor:
+    """`sliding_norm` of padded clips: each clip is its `lengths[i]` frames after `pad_before[i]`, normalized
+    with the window rules of the module docstring applied to that clip alone; padded frames give 0.
+
+    The window sums are differences of a cumulative sum along the whole (padded) row of mean-shifted
+    values, in float64 (float32 on MPS), gathered at each frame's window edges: per-clip windows with no
+    loop and no host read. For a clip of `T` frames this matches `sliding_norm` on the clip alone to
+    float32 rounding (tested); it is slower than `sliding_norm`, which computes only the distinct windows.
+
+    Args:
+        x: `[B, ..., T]` (a batch: `lengths`, `pad_before` int64 `[B]`) or an item with int `lengths`.
+        lengths, pad_before: valid frames of each clip and the padded frames before them.
+        window, center, norm_vars, min_window, eps: as `sliding_norm`.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0, 101, 102, 103, 0, 0]])
+        >>> padded_sliding_norm(x, torch.tensor([3]), torch.tensor([1]), window=3)
+        tensor([[ 0., -1.,  0.,  1.,  0.,  0.]])
+    """
+    x = x.as_subclass(Tensor)
+    x = x if x.is_floating_point() else x.float()
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"padded_sliding_norm needs frames on the last axis, got shape {tuple(x.shape)}")
+    window_bounds(1, window, center, min_window)  # validates window and min_window
+    eps = check_eps(eps, positive=norm_vars)
+    n_frames, dev = x.shape[-1], x.device
+    lengths, pad_before = (
+        torch.as_tensor(v, device=dev).as_subclass(Tensor).reshape(-1, 1) for v in (lengths, pad_before)
+    )
+    u = torch.arange(n_frames, device=dev) - pad_before  # frame index within the clip, [B, T]
+    valid = (u >= 0) & (u < lengths)
+    start, end = _clip_bounds(u, lengths, window, center, min_window)
+    start, end = ((b + pad_before).clamp(0, n_frames) for b in (start, end))
+    lead = x.ndim - 2
+    shape = (valid.shape[0],) + (1,) * lead + (n_frames,)
+    valid, start, end = (t.reshape(shape).expand(x.shape) for t in (valid, start, end))
+    acc = _accumulator_dtype(x)
+    zx = torch.where(valid, x, 0)
+    count_row = valid.sum(-1, keepdim=True).clamp(min=1)
+    z = torch.where(valid, zx - zx.sum(-1, keepdim=True, dtype=acc).div(count_row).to(x.dtype), 0).to(acc)
+    count = (end - start).clamp(min=1).to(acc)
+
+    def window_sum(v):
+        c = torch.nn.functional.pad(v.cumsum(-1), (1, 0))
+        return c.gather(-1, end) - c.gather(-1, start)
+
+    mean = window_sum(z) / count
+    out = z - mean
+    if norm_vars:
+        var = (window_sum(z * z) / count - mean * mean).clamp(min=eps * eps)
+        out = out * var.rsqrt() * ((end - start) > 1)  # a one-frame window gives 0, as in Kaldi
+    return torch.where(valid, out, 0).to(x.dtype)
 
 
 class SlidingSpecNorm(DisplayedTransform):
@@ -75,7 +167,9 @@ class SlidingSpecNorm(DisplayedTransform):
     Each frequency channel of each clip is normalized by the mean (and with `norm_vars` the
     standard deviation) of a window of frames around each frame; the edge rules are in the module
     docstring. Needs no training statistics. Acts on `AudioSpectrogram` (any `TensorImageBase`);
-    plain tensors pass through unchanged (fastai type dispatch). The output's metadata says
+    plain tensors pass through unchanged (fastai type dispatch). A batch carrying `lengths` (valid
+    frames per clip, after `pad_before` padded frames) is normalized clip by clip over its valid
+    frames only, and padding comes out as 0 (`padded_sliding_norm`). The output's metadata says
     `standardized=True` with `norm_vars`, else `centred=True` (the mean is removed, the units kept).
     Batches with NaN or Inf outputs are counted on the device; `check()` raises (`FiniteCheck`).
 
@@ -118,7 +212,19 @@ class SlidingSpecNorm(DisplayedTransform):
         self.finite.check()
 
     def encodes(self, x: TensorImageBase):
-        out = sliding_norm(x, self.window, self.center, self.norm_vars, self.min_window, self.eps)
+        if getattr(x, "lengths", None) is not None:
+            out = padded_sliding_norm(
+                x,
+                x.lengths,
+                getattr(x, "pad_before", 0),
+                self.window,
+                self.center,
+                self.norm_vars,
+                self.min_window,
+                self.eps,
+            )
+        else:
+            out = sliding_norm(x, self.window, self.center, self.norm_vars, self.min_window, self.eps)
         self.finite.update(out)
         return type(x)(out, **{**x.__dict__, "standardized": self.norm_vars, "centred": not self.norm_vars})
 

@@ -18,9 +18,9 @@ import torchaudio.transforms as T
 from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
-from .functional import FiniteCheck
+from .functional import FiniteCheck, valid_mask
 
-__all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "get_usable_kwargs"]
+__all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "frame_lengths", "get_usable_kwargs"]
 
 
 def get_usable_kwargs(func, kwargs, exclude=None):
@@ -42,6 +42,39 @@ def get_usable_kwargs(func, kwargs, exclude=None):
 _DB_ARGS = {"stype", "top_db"}
 
 
+def frame_lengths(lengths, pad_before, hop_length, n_frames, centre=0):
+    """The valid frames `(lengths, pad_before)` of a spectrogram of padded signals, from the valid samples.
+
+    The rule: frame `t` (centred on sample `t * hop_length + centre`: `centre=0` for torchaudio's
+    `center=True` frames, `n_fft // 2` otherwise) is valid when its centre lies inside the clip's
+    samples, from the first valid sample to one past the last, `[pad_before, pad_before + lengths]`.
+    These are the frames the clip alone gives (`1 + lengths // hop_length` of them, centred frames, the
+    clip starting on a hop). Frames whose window reaches into the padding near the ends count when
+    their centre is inside.
+
+    Args:
+        lengths, pad_before: valid samples and the zeros before them (ints, or int64 tensors `[B]`).
+        hop_length, n_frames: the STFT hop and the spectrogram's frames.
+        centre: the sample offset of frame 0's centre.
+
+    Returns:
+        `(lengths, pad_before)` in frames, of the same kind as the input (no host read for tensors).
+
+    Example:
+        >>> frame_lengths(1000, 0, 200, 26), frame_lengths(1000, 2000, 200, 26), frame_lengths(5000, 0, 200, 26)
+        ((6, 0), (6, 10), (26, 0))
+    """
+    first = -((centre - pad_before) // hop_length)  # ceil((pad_before - centre) / hop)
+    last = (pad_before + lengths - centre) // hop_length
+    if isinstance(first, torch.Tensor) or isinstance(last, torch.Tensor):
+        like = first if isinstance(first, torch.Tensor) else last
+        first, last = (v if isinstance(v, torch.Tensor) else torch.full_like(like, v) for v in (first, last))
+        first = first.clamp(0, n_frames)
+        return torch.minimum((last - first + 1).clamp(min=0), n_frames - first), first
+    first = min(max(first, 0), n_frames)
+    return min(max(last - first + 1, 0), n_frames - first), first
+
+
 def _stft_meta(stft):
     "The frame settings of a torchaudio `Spectrogram`, as `AudioSpectrogram` metadata."
     return dict(n_fft=stft.n_fft, hop_length=stft.hop_length, win_length=stft.win_length)
@@ -55,6 +88,12 @@ class AudioToSpec(DisplayedTransform):
         to_db (bool): convert power to decibels with `AmplitudeToDB`.
         top_db (float or None): clamp each spectrogram to `top_db` below its maximum (per item in a batch).
         **settings: keyword arguments of the torchaudio transform (`n_fft`, `hop_length`, `n_mels`, `sample_rate`...).
+
+    Padding: a signal carrying `lengths` and `pad_before` (valid samples, as `ResizeSignal` and the
+    batches of `get_dls` carry them) gives a spectrogram carrying them in frames (`frame_lengths`: the
+    frames whose centre lies inside the clip), whose other frames hold what silence gives (-100 dB for a
+    power dB spectrogram; with `top_db`, at least each clip's `max - top_db`), frames partly in the
+    padding included.
 
     Shape:
         `[C, T]` -> `[C, F, frames]`; `[B, C, T]` -> `[B, C, F, frames]`. With the defaults
@@ -138,11 +177,39 @@ class AudioToSpec(DisplayedTransform):
         with torch.autocast(x.device.type, enabled=False):  # the dB log needs float32 range
             spec = pipe(x.as_subclass(torch.Tensor))
         self.finite.update(spec)
-        return AudioSpectrogram(spec, sr=x.sr, **self.meta)
+        lengths = getattr(x, "lengths", None)
+        if lengths is None:
+            return AudioSpectrogram(spec, sr=x.sr, **self.meta)
+        settings = self.settings.get("melkwargs") or self.settings  # MFCC's frame settings are in melkwargs
+        centre = 0 if settings.get("center", True) else self.meta["n_fft"] // 2
+        frames, before = frame_lengths(
+            lengths, getattr(x, "pad_before", 0), self.meta["hop_length"], spec.shape[-1], centre
+        )
+        out = AudioSpectrogram(spec, sr=x.sr, **self.meta, lengths=frames, pad_before=before)
+        # Padded frames read as silence, frames partly in the padding included.
+        return out.copy_(torch.where(valid_mask(out), spec, self._floor(spec, lengths)))
+
+    def _silence(self, device):
+        "What silence gives, one value per row `[F, 1]` (-100 dB in a power dB spectrogram), cached per device."
+        silences = self.__dict__.setdefault("_silences", {})
+        if device not in silences:
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                zeros = torch.zeros(1, 1, 2 * self.meta["n_fft"], device=device)
+                silences[device] = self._pipe(device)(zeros)[0, 0, :, :1]
+        return silences[device]
+
+    def _floor(self, spec, lengths):
+        "The value of padded frames: silence, raised to each clip's `max - top_db` where higher (as `AmplitudeToDB`)."
+        floor = self._silence(spec.device)
+        if self.to_db and self.top_db is not None:
+            batched = isinstance(lengths, torch.Tensor) and lengths.ndim == 1
+            dims = tuple(range(1 if batched else 0, spec.ndim))
+            floor = torch.maximum(floor, spec.amax(dims, keepdim=True) - self.top_db)
+        return floor
 
     def __getstate__(self):
         # Device pipelines are copied again on the loading side; they may live on a GPU the loader lacks.
-        return {k: v for k, v in self.__dict__.items() if k != "_pipes"} | {"_pipes": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_pipes", "_silences")} | {"_pipes": {}}
 
 
 def SpectrogramTransformer(mel=True, to_db=True):

@@ -47,7 +47,7 @@ from torch.utils.data import DistributedSampler
 from ._io import write_atomic
 from .audio import AudioSpectrogram
 from .distributed import STATUS_EVERY, agree, is_distributed, rank, shard, world_size
-from .functional import CHANNEL_AXES, GLOBAL_AXES, combine_moments, moments
+from .functional import CHANNEL_AXES, GLOBAL_AXES, combine_moments, moments, valid_mask
 from .progress import progress_bar
 
 __all__ = ["StatsRecorder", "compute_stats"]
@@ -686,8 +686,9 @@ def _fold(batches, recorders, items, group):
             try:
                 b = next(it)
                 x = b[0] if isinstance(b, (tuple, list)) else b
+                mask = valid_mask(x)  # padded frames (`lengths`, `pad_before`) do not count
                 for rec in recorders:
-                    rec.update(x)
+                    rec.update(x, mask=mask)
             except StopIteration:
                 done = True
             except Exception as e:  # raised on every rank by the next `agree`
@@ -727,6 +728,9 @@ def compute_stats(
     **kwargs,
 ):
     """One pass over `dl` (batch transforms applied) feeding one `StatsRecorder` per entry of `red_dims`.
+
+    Padding does not count: batches carrying `lengths` (and `pad_before`), as `AudioToSpec` sets them on
+    the spectrograms of padded clips, are folded in with `StatsRecorder.update(x, mask=valid_mask(x))`.
 
     The items of a fastai loader are read as the validation split reads them: training-only random
     transforms (`ResizeSignal`'s random crop, augmentations) are left out, so the statistics are the

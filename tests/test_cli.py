@@ -213,9 +213,17 @@ def test_help_shows_the_defaults(capsys):
     for option, default in [
         ("--epochs EPOCHS epochs per run", "20"),
         ("--runs RUNS models trained from scratch per method", "5"),
-        ("--crop-ms CROP_MS every clip is cropped or padded to this (ms)", "5000"),
+        (
+            "--crop-ms CROP_MS every clip is cropped or padded to this (ms); auto: the 90th percentile of the clip "
+            "lengths",
+            "5000",
+        ),
         ("--bs BS batch size", "64"),
-        ("--sample-rate SAMPLE_RATE every clip is resampled to this (Hz)", "16000"),
+        (
+            "--sample-rate SAMPLE_RATE every clip is resampled to this (Hz); auto: the files' own rate, at most 16000 "
+            "(never upsampled)",
+            "16000",
+        ),
         ("--methods METHODS [METHODS ...] normalization methods", "none global channel"),
         ("--fraction FRACTION share of training clips the statistics read", "1.0"),
         ("--out OUT folder for results.csv and results.png", "results"),
@@ -226,6 +234,7 @@ def test_help_shows_the_defaults(capsys):
     _help("stats")
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: stats.safetensors)" in text and "(default: global)" in text
+    assert "lengths (default: auto)" in text and "(never upsampled) (default: auto)" in text  # chosen from the files
     _help("demo")
     text = " ".join(capsys.readouterr().out.split())
     settings = cli.DEMO_SETTINGS["compare"]

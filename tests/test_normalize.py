@@ -310,7 +310,16 @@ def spec_tfm():
 
 def test_pipeline_with_audio_normalize_class_and_spec_normalize(esc50_like):
     df, path = esc50_like
-    probe = get_dls(df, path, bs=4, num_workers=0, item_tfms=[AudioNormalize], batch_tfms=[spec_tfm()], shuffle=False)
+    probe = get_dls(
+        df,
+        path,
+        bs=4,
+        num_workers=0,
+        item_tfms=[AudioNormalize],
+        batch_tfms=[spec_tfm()],
+        shuffle=False,
+        crop_signal_to=None,
+    )
     train_specs = torch.cat([x for x, _ in probe.train])
     mean, std = ref_stats(train_specs, CHANNEL)
     dls = get_dls(
@@ -321,6 +330,7 @@ def test_pipeline_with_audio_normalize_class_and_spec_normalize(esc50_like):
         item_tfms=[AudioNormalize],
         batch_tfms=[spec_tfm(), SpecNormalize(mean, std, axes=CHANNEL)],
         shuffle=False,
+        crop_signal_to=None,
     )
     assert any(type(t) is AudioNormalize for t in dls.train.after_item.fs)  # the class was instantiated
     wave = dls.train.after_item(dls.train_ds[0])[0]
@@ -364,7 +374,7 @@ def test_setups_computes_stats_from_the_training_split_only(tmp_path, axes):
     df = shifted_valid_dataset(tmp_path)
     path = tmp_path / "audio"
     norm = SpecNormalize(axes=axes, progress=False)
-    dls = get_dls(df, path, bs=4, num_workers=0, batch_tfms=[spec_tfm(), norm])
+    dls = get_dls(df, path, bs=4, num_workers=0, batch_tfms=[spec_tfm(), norm], crop_signal_to=None)
     train_mean, train_std = split_reference(df, path, 2, axes)
     valid_mean, _ = split_reference(df, path, 1, axes)
     assert type(norm.mean) is torch.Tensor and norm.mean.shape == train_mean.shape
@@ -386,7 +396,9 @@ def test_from_dls_and_from_stats_match_setups(tmp_path):
     df = shifted_valid_dataset(tmp_path)
     path = tmp_path / "audio"
     mean, std = split_reference(df, path, 2, CHANNEL)
-    dls = get_dls(df, path, bs=4, num_workers=0, batch_tfms=[spec_tfm(), SpecNormalize(-40.0, 10.0)])
+    dls = get_dls(
+        df, path, bs=4, num_workers=0, batch_tfms=[spec_tfm(), SpecNormalize(-40.0, 10.0)], crop_signal_to=None
+    )
     # from_dls leaves out the normalizer already in the pipeline and uses the training split
     norm = SpecNormalize.from_dls(dls, axes=CHANNEL, progress=False)
     assert norm.axes == CHANNEL
@@ -396,7 +408,9 @@ def test_from_dls_and_from_stats_match_setups(tmp_path):
     assert abs(half.mean.item() - split_reference(df, path, 2, GLOBAL)[0].item()) < 5
     # from StatsRecorders fed typed batches (AudioSpectrogram statistics would clash with TensorImage)
     glob, chan = StatsRecorder(red_dims=GLOBAL), StatsRecorder(red_dims=CHANNEL)
-    for x, _ in get_dls(df, path, bs=4, num_workers=0, batch_tfms=[spec_tfm()], shuffle=False).train:
+    for x, _ in get_dls(
+        df, path, bs=4, num_workers=0, batch_tfms=[spec_tfm()], shuffle=False, crop_signal_to=None
+    ).train:
         glob.update(x), chan.update(x)
     from_recorder = SpecNormalize.from_stats(chan)
     assert from_recorder.axes == CHANNEL
@@ -416,7 +430,7 @@ def test_setups_with_fraction_and_progress_bar(tmp_path):
     df = shifted_valid_dataset(tmp_path)
     path = tmp_path / "audio"
     norm = SpecNormalize(fraction=0.5, progress=True)
-    get_dls(df, path, bs=2, num_workers=0, batch_tfms=[spec_tfm(), norm])
+    get_dls(df, path, bs=2, num_workers=0, batch_tfms=[spec_tfm(), norm], crop_signal_to=None)
     train_mean = split_reference(df, path, 2, GLOBAL)[0].item()
     valid_mean = split_reference(df, path, 1, GLOBAL)[0].item()
     assert abs(norm.mean.item() - train_mean) < abs(norm.mean.item() - valid_mean)
@@ -425,10 +439,10 @@ def test_setups_with_fraction_and_progress_bar(tmp_path):
 def test_export_and_load_learner_keep_stats_and_predictions(esc50_like, tmp_path, device):
     df, path = esc50_like
     kwargs = dict(bs=4, num_workers=0, item_tfms=[AudioNormalize], device=device)
-    probe = get_dls(df, path, batch_tfms=[spec_tfm()], shuffle=False, **kwargs)
+    probe = get_dls(df, path, batch_tfms=[spec_tfm()], shuffle=False, **kwargs, crop_signal_to=None)
     mean, std = ref_stats(torch.cat([x for x, _ in probe.train]), CHANNEL)
     norm = SpecNormalize(mean, std, axes=CHANNEL)
-    dls = get_dls(df, path, batch_tfms=[spec_tfm(), norm], **kwargs)
+    dls = get_dls(df, path, batch_tfms=[spec_tfm(), norm], **kwargs, crop_signal_to=None)
     model = nn.Sequential(nn.AdaptiveAvgPool2d((8, 8)), nn.Flatten(), nn.Linear(64, dls.c)).to(device)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
     items = df[df.fold == 1]
