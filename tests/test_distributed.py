@@ -97,7 +97,9 @@ def _worker(rank_, world, port, root, out):
         bad.loc[bad.filename == _bad_file(df), "filename"] = "broken.wav"  # written by `two_ranks`
         # (fast=False: the per-item path reads files in the sharded statistics pass; the fast path reads every
         # file when it builds its store, on every rank, so there every rank raises the same error by itself)
-        bad_dls = get_dls(bad, audio, bs=2, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec()], fast=False)
+        bad_dls = get_dls(  # a given sample_rate: 'auto' would read every file's header up front
+            bad, audio, bs=2, sample_rate=16000, crop_signal_to=CROP_MS, num_workers=0, batch_tfms=[_spec()], fast=False
+        )
         start = time.time()
         try:
             compute_stats(bad_dls.train, progress=False)
