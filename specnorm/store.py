@@ -127,7 +127,7 @@ class WaveformStore:
         return AudioTensor(x, sr=int(self.rates[i]))
 
     def gather(
-        self, rows: np.ndarray, n: int, starts: np.ndarray, pad_mode: str = "zeros"
+        self, rows: list[int] | np.ndarray, n: int, starts: list[int] | np.ndarray, pad_mode: str = "zeros"
     ) -> tuple[np.ndarray, np.ndarray]:
         """`n` samples of each of `rows`, from `starts` (negative: that many zeros first), as one array.
 
@@ -161,7 +161,12 @@ class WaveformStore:
         return out, lengths
 
     def take(
-        self, samples: torch.Tensor, rows: np.ndarray, n: int, starts: np.ndarray, pad_mode: str = "zeros"
+        self,
+        samples: torch.Tensor,
+        rows: list[int] | np.ndarray,
+        n: int,
+        starts: list[int] | np.ndarray,
+        pad_mode: str = "zeros",
     ) -> tuple[torch.Tensor, np.ndarray]:
         """`gather` with torch ops on `samples`, this store's `data` as a tensor on any device (e.g. a GPU
         copy made once): the batch is made where it will be used, with no host copy and no host read.
