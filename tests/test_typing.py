@@ -31,9 +31,9 @@ MODULES = [
 ]
 DISPATCH = {"encodes", "decodes"}
 # Arguments left without a hint on purpose: fastai hooks whose argument is whatever fastai passes
-# (`before_call`'s batch `b`, `retain`'s arguments and result), the DataLoader's `dataset` and `store`
-# (the loader module
-# must not import the store's), and `AudioCache.read`, a type transform whose annotations fastai reads.
+# (`before_call`'s batch `b`, `retain`'s arguments and result), the DataLoader's `dataset` and `store` (the
+# loader module must not import the store's), and `AudioCache.read`, a type transform whose annotations
+# fastai reads.
 UNHINTED = {
     ("SpectrogramTransform.before_call", "b"),
     ("CropTime.before_call", "b"),
