@@ -28,7 +28,6 @@ its float32 value relative to it, or 6e-8 absolute below float16's normal range 
 import hashlib
 import json
 import os
-import sys
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +56,10 @@ class StoreError(ValueError):
 
 
 def _progress_wanted():
-    "A progress bar only where someone watches it: a terminal or a notebook."
-    from fastcore.imports import in_notebook
+    "A progress bar only where someone watches it: `specnorm.progress.interactive` decides (`SPECNORM_PROGRESS`)."
+    from .progress import interactive
 
-    return in_notebook() or sys.stderr.isatty()
+    return interactive()
 
 
 def _crc(arr):
