@@ -20,6 +20,7 @@ import torch
 from fastai.data.transforms import get_files
 from fastai.torch_core import TensorBase, TensorImageBase
 from fastai.vision.data import get_grid
+from fastcore.foundation import L
 from plum import dispatch
 
 __all__ = [
@@ -43,7 +44,7 @@ audio_extensions = tuple(
 )
 
 
-def get_audio_files(path, recurse=True, folders=None):
+def get_audio_files(path: str | os.PathLike, recurse: bool = True, folders: list[str] | None = None) -> L:
     """The audio files (by extension, `audio_extensions`) under `path`, recursively, only in `folders` if given.
 
     Example:
@@ -147,7 +148,7 @@ class AudioTensor(_KeepsMeta, TensorBase):
         return super().__new__(cls, x, sr=sr, **kwargs)
 
     @classmethod
-    def create(cls, fn: str | os.PathLike, **kwargs):
+    def create(cls, fn: str | os.PathLike, **kwargs) -> "AudioTensor":
         """Read `fn` (any format libsndfile reads: WAV, FLAC, OGG, ...) as float32 `[channels, samples]`.
 
         Args:
@@ -177,28 +178,35 @@ class AudioTensor(_KeepsMeta, TensorBase):
         return cls(torch.from_numpy(np.ascontiguousarray(data.T)), sr=sr)
 
     @property
-    def nsamples(self):
+    def nsamples(self) -> int:
         return self.shape[-1]
 
     @property
-    def nchannels(self):
+    def nchannels(self) -> int:
         return self.shape[-2]
 
     @property
-    def duration(self):
+    def duration(self) -> float:
         return self.nsamples / self.sr
 
-    def save(self, fn):
+    def save(self, fn: str | os.PathLike) -> None:
         "Write the item to `fn`; the format follows the extension (`.wav`, `.flac`, `.ogg`)."
         sf.write(fn, self.detach().cpu().numpy().T, self.sr)
 
-    def hear(self):
+    def hear(self) -> None:
         "Show an audio player (in a notebook)."
         from IPython.display import Audio, display
 
         display(Audio(self.detach().cpu().numpy(), rate=self.sr))
 
-    def show(self, ctx=None, title=None, figsize=(6, 2), hear=False, **kwargs):
+    def show(
+        self,
+        ctx: plt.Axes | None = None,
+        title: str | None = None,
+        figsize: tuple = (6, 2),
+        hear: bool = False,
+        **kwargs,
+    ) -> plt.Axes:
         "Plot the waveform, one line per channel, against time in seconds; `hear=True` adds an audio player."
         if hear:
             self.hear()
@@ -243,33 +251,33 @@ class AudioSpectrogram(_KeepsMeta, TensorImageBase):
     """
 
     @classmethod
-    def create(cls, x, settings=None):
+    def create(cls, x: torch.Tensor, settings: dict | None = None) -> "AudioSpectrogram":
         "An `AudioSpectrogram` of the tensor `x` with the metadata in the dict `settings` (fastaudio's form)."
         return cls(x, **(settings or {}))
 
     @property
-    def settings(self):
+    def settings(self) -> dict:
         "The metadata as a dict (`sr`, `n_fft`, `hop_length`, `mel`, `to_db`, ...): what made this spectrogram."
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     @property
-    def height(self):
+    def height(self) -> int:
         return self.shape[-2]
 
     @property
-    def width(self):
+    def width(self) -> int:
         return self.shape[-1]
 
     @property
-    def nchannels(self):
+    def nchannels(self) -> int:
         return self.shape[-3]
 
     @property
-    def duration(self):
+    def duration(self) -> float:
         "Length in seconds of the signal the frames cover (centred frames: `(width - 1) * hop / sr`)."
         return (self.width - 1) * self.hop_length / self.sr
 
-    def frequencies(self):
+    def frequencies(self) -> np.ndarray | None:
         "Centre frequency in Hz of each row (mel bins on the mel scale, linear bins otherwise)."
         if getattr(self, "mfcc", False):
             return None
@@ -279,7 +287,15 @@ class AudioSpectrogram(_KeepsMeta, TensorImageBase):
             return _mel_to_hz(mels)
         return np.linspace(0, self.sr / 2, self.height)
 
-    def show(self, ctx=None, title=None, colorbar=True, figsize=(6, 3), cmap="magma", **kwargs):
+    def show(
+        self,
+        ctx: plt.Axes | None = None,
+        title: str | None = None,
+        colorbar: bool = True,
+        figsize: tuple = (6, 3),
+        cmap: str = "magma",
+        **kwargs,
+    ) -> plt.Axes:
         "Draw the first channel: time in seconds, frequency in Hz (mel-spaced rows when `mel`), a colorbar."
         ax = ctx if ctx is not None else plt.subplots(figsize=figsize)[1]
         img = self.detach().cpu().as_subclass(torch.Tensor)
@@ -310,12 +326,16 @@ class AudioSpectrogram(_KeepsMeta, TensorImageBase):
         return ax
 
 
-def show_audio_signal(ai, ctx=None, ax=None, title=None, **kwargs):
+def show_audio_signal(
+    ai: AudioTensor, ctx: plt.Axes | None = None, ax: plt.Axes | None = None, title: str | None = None, **kwargs
+) -> plt.Axes:
     "Plot the waveform `ai` on `ax` (or `ctx`, or a new figure): `AudioTensor.show` as a function (fastaudio's name)."
     return ai.show(ctx=ax if ax is not None else ctx, title=title or None, **kwargs)
 
 
-def show_spectrogram(sg, title=None, ax=None, ctx=None, **kwargs):
+def show_spectrogram(
+    sg: AudioSpectrogram, title: str | None = None, ax: plt.Axes | None = None, ctx: plt.Axes | None = None, **kwargs
+) -> plt.Axes:
     "Draw the spectrogram `sg` on `ax` (or `ctx`, or a new figure): `AudioSpectrogram.show` as a function."
     return sg.show(ctx=ax if ax is not None else ctx, title=title or None, **kwargs)
 

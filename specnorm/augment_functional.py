@@ -9,6 +9,8 @@ host, so a batch costs no host sync. The public names and arguments follow fasta
 `augment_spectrogram`.
 """
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = [
@@ -25,7 +27,14 @@ __all__ = [
 ]
 
 
-def region_mask(n, min_mask_size, max_mask_size, maskable_length, device=None, generator=None):
+def region_mask(
+    n: int,
+    min_mask_size: float,
+    max_mask_size: float,
+    maskable_length: int,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """`n` boolean masks, each one contiguous run of `True` of random size and position.
 
     Sizes are uniform in `[min_mask_size, max_mask_size)`, starts uniform over the positions where the
@@ -52,7 +61,12 @@ def region_mask(n, min_mask_size, max_mask_size, maskable_length, device=None, g
     return (starts <= idx) & (idx < starts + sizes)
 
 
-def random_mask(shape, p, device=None, generator=None):
+def random_mask(
+    shape: Sequence[int],
+    p: float | torch.Tensor,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A bool tensor whose elements are `True` independently with probability `p`.
 
     Args:
@@ -66,7 +80,7 @@ def random_mask(shape, p, device=None, generator=None):
     return torch.rand(shape, device=device, generator=generator) < p
 
 
-def no_information_value(x, meta=None):
+def no_information_value(x: torch.Tensor, meta: object = None) -> float | torch.Tensor:
     """The fill that carries no information on the spectrogram batch `x` `[..., F, T]`.
 
     0 when `meta` (the spectrogram, or any object with its metadata; default `x`) is marked
@@ -92,7 +106,15 @@ def _fill_value(x, mask_val):
     return no_information_value(x) if mask_val is None else mask_val
 
 
-def band_mask(x, num_masks, min_size, max_size, axis, first_start=None, generator=None):
+def band_mask(
+    x: torch.Tensor,
+    num_masks: int,
+    min_size: float,
+    max_size: float,
+    axis: int,
+    first_start: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """For each item of `x` `[B, C, F, T]`, the union of `num_masks` random bands along `axis` (2: rows, 3: frames).
 
     Band widths are uniform in `[min_size, max_size]` (`region_mask`); with `first_start`, the first band
@@ -118,7 +140,15 @@ def band_mask(x, num_masks, min_size, max_size, axis, first_start=None, generato
     return masks.view(n, 1, length, 1) if axis == 2 else masks.view(n, 1, 1, length)
 
 
-def mask_along_axis(specgrams, num_masks, min_size, max_size, mask_val=None, axis=2, generator=None):
+def mask_along_axis(
+    specgrams: torch.Tensor,
+    num_masks: int,
+    min_size: float,
+    max_size: float,
+    mask_val: float | None = None,
+    axis: int = 2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """SpecAugment masks: `num_masks` random bands of frequency rows (`axis=2`) or time frames (`axis=3`).
 
     Each item gets its own bands, shared by its channels. Masked values become `mask_val`, or, when it
@@ -143,7 +173,15 @@ def mask_along_axis(specgrams, num_masks, min_size, max_size, mask_val=None, axi
     return torch.where(masks, _fill_value(specgrams, mask_val), specgrams)
 
 
-def mask_along_axis_(specgrams, num_masks, min_size, max_size, mask_val=None, axis=2, generator=None):
+def mask_along_axis_(
+    specgrams: torch.Tensor,
+    num_masks: int,
+    min_size: float,
+    max_size: float,
+    mask_val: float | None = None,
+    axis: int = 2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     "In-place `mask_along_axis` (fastaudio's name): writes the masks into `specgrams` and returns it."
     masks = band_mask(specgrams, num_masks, min_size, max_size, axis, generator=generator)
     if mask_val is None:
@@ -168,7 +206,7 @@ class NoiseColor:
     Brown = 2
 
     @staticmethod
-    def valid(value) -> bool:
+    def valid(value: object) -> bool:
         "Is `value` a finite real exponent in `[-2, 2]`?"
         try:
             return -2 <= float(value) <= 2
@@ -176,7 +214,13 @@ class NoiseColor:
             return False
 
 
-def colored_noise(shape, exponent, fmin=0, device=None, generator=None):
+def colored_noise(
+    shape: Sequence[int],
+    exponent: float,
+    fmin: float = 0,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Gaussian noise whose power spectral density falls as `1 / f**exponent`, with unit variance.
 
     The method of Timmer & Koenig (1995): independent Gaussian real and imaginary parts per frequency,
@@ -219,7 +263,14 @@ def colored_noise(shape, exponent, fmin=0, device=None, generator=None):
     return torch.fft.irfft(spectrum, n=n, dim=-1)
 
 
-def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
+def add_noise_(
+    x: torch.Tensor,
+    color: float,
+    min_level: float,
+    max_level: float,
+    p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Add colored noise to each item of the batch `x` in place, at a random level relative to its std.
 
     Item `i` gets `level_i * std(x_i) * noise` with `level_i` uniform in `[min_level, max_level]`, with
@@ -247,7 +298,9 @@ def add_noise_(x, color, min_level, max_level, p=1.0, generator=None):
     return x.addcmul_(levels * std, noise)
 
 
-def shift_signal(x, shift, roll=False, fill=0.0):
+def shift_signal(
+    x: torch.Tensor, shift: int | torch.Tensor, roll: bool = False, fill: float | torch.Tensor = 0.0
+) -> torch.Tensor:
     """Shift `x` along its last axis by `shift` samples (right if positive), filling with `fill` or rolling.
 
     Args:

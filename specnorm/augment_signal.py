@@ -57,20 +57,20 @@ class AudioPadType(str, Enum):
     Repeat = "repeat"
 
 
-def as_batch(x, item_dims):
+def as_batch(x: torch.Tensor, item_dims: int) -> tuple[torch.Tensor, bool]:
     "`x` as a plain tensor batch: `(batch, was_item)`; an item of `item_dims` dims gets a batch axis."
     t = x.as_subclass(torch.Tensor)
     return (t[None], True) if t.ndim == item_dims else (t, False)
 
 
-def retype(out, like, was_item):
+def retype(out: torch.Tensor, like: torch.Tensor, was_item: bool) -> torch.Tensor:
     "`out` back in `like`'s type and metadata, without the batch axis `as_batch` added."
     out = (out[0] if was_item else out).as_subclass(type(like))
     out.set_meta(like, as_copy=True)
     return out
 
 
-def check_p(p):
+def check_p(p: float) -> None:
     "Raise a `ValueError` unless `p` is a probability."
     if not 0 <= p <= 1:
         raise ValueError(f"p is a probability in [0, 1], not {p!r}")
@@ -85,7 +85,7 @@ class _Augment(RandTransform):
     order = 30  # after the waveform item transforms and AudioNormalize (20), before AudioToSpec (50)
     per_item = False
 
-    def __init__(self, p=1.0):
+    def __init__(self, p: float = 1.0):
         check_p(p)
         super().__init__(p=p)
 
@@ -130,7 +130,14 @@ class SignalShifter(_Augment):
         True
     """
 
-    def __init__(self, p=0.5, max_pct=0.2, max_time=None, direction=0, roll=False):
+    def __init__(
+        self,
+        p: float = 0.5,
+        max_pct: float = 0.2,
+        max_time: float | None = None,
+        direction: int = 0,
+        roll: bool = False,
+    ):
         if direction not in (-1, 0, 1):
             raise ValueError(f"direction must be -1 (earlier), 0 (either) or 1 (later), not {direction!r}")
         super().__init__(p=p)
@@ -174,7 +181,7 @@ class AddNoise(_Augment):
         True
     """
 
-    def __init__(self, noise_level=0.05, color=NoiseColor.White, p=0.5):
+    def __init__(self, noise_level: float = 0.05, color: float = NoiseColor.White, p: float = 0.5):
         _check_color(color)
         super().__init__(p=p)
         self.noise_level, self.color = noise_level, color
@@ -204,7 +211,9 @@ class AddNoiseGPU(_Augment):
 
     per_item = True
 
-    def __init__(self, p=1.0, min_level=0.0, max_level=0.05, color=NoiseColor.White):
+    def __init__(
+        self, p: float = 1.0, min_level: float = 0.0, max_level: float = 0.05, color: float = NoiseColor.White
+    ):
         _check_color(color)
         super().__init__(p=p)
         self.min_level, self.max_level, self.color = min_level, max_level, color
@@ -231,7 +240,7 @@ class ChangeVolumeGPU(_Augment):
 
     per_item = True
 
-    def __init__(self, p=0.5, lower=0.5, upper=1.5):
+    def __init__(self, p: float = 0.5, lower: float = 0.5, upper: float = 1.5):
         if not 0 <= lower <= upper:
             raise ValueError(f"the gain range must satisfy 0 <= lower <= upper, got lower={lower}, upper={upper}")
         super().__init__(p=p)
@@ -267,7 +276,7 @@ class SignalCutoutGPU(_Augment):
 
     per_item = True
 
-    def __init__(self, p=0.5, min_cut_pct=0.0, max_cut_pct=0.15):
+    def __init__(self, p: float = 0.5, min_cut_pct: float = 0.0, max_cut_pct: float = 0.15):
         if not 0 <= min_cut_pct <= max_cut_pct <= 1:
             raise ValueError(f"need 0 <= min_cut_pct <= max_cut_pct <= 1, got {min_cut_pct}, {max_cut_pct}")
         super().__init__(p=p)
@@ -287,7 +296,7 @@ class SignalCutout(SignalCutoutGPU):
 
     per_item = False
 
-    def __init__(self, p=0.5, max_cut_pct=0.15):
+    def __init__(self, p: float = 0.5, max_cut_pct: float = 0.15):
         super().__init__(p=p, min_cut_pct=0.0, max_cut_pct=max_cut_pct)
 
 
@@ -306,7 +315,7 @@ class SignalLossGPU(_Augment):
 
     per_item = True
 
-    def __init__(self, p=0.5, min_cut_pct=0.0, max_cut_pct=0.15):
+    def __init__(self, p: float = 0.5, min_cut_pct: float = 0.0, max_cut_pct: float = 0.15):
         if not 0 <= min_cut_pct <= max_cut_pct <= 1:
             raise ValueError(f"need 0 <= min_cut_pct <= max_cut_pct <= 1, got {min_cut_pct}, {max_cut_pct}")
         super().__init__(p=p)
@@ -327,5 +336,5 @@ class SignalLoss(SignalLossGPU):
 
     per_item = False
 
-    def __init__(self, p=0.5, max_loss_pct=0.15):
+    def __init__(self, p: float = 0.5, max_loss_pct: float = 0.15):
         super().__init__(p=p, min_cut_pct=0.0, max_cut_pct=max_loss_pct)

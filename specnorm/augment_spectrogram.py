@@ -55,11 +55,11 @@ class SpectrogramTransform(RandTransform):
 
     split_idx, order = None, 60
 
-    def __init__(self, p=1.0):
+    def __init__(self, p: float = 1.0):
         check_p(p)
         super().__init__(p=p)
 
-    def before_call(self, b, split_idx):
+    def before_call(self, b, split_idx: int | None) -> None:
         super().before_call(b, split_idx)
         for o in b if isinstance(b, tuple) else (b,):
             if isinstance(o, AudioTensor):
@@ -99,13 +99,13 @@ class CropTime(SpectrogramTransform):
         torch.Size([1, 64, 126])
     """
 
-    def __init__(self, duration, pad_mode=AudioPadType.Zeros):
+    def __init__(self, duration: float, pad_mode: AudioPadType | str = AudioPadType.Zeros):
         if duration <= 0:
             raise ValueError(f"duration must be positive (milliseconds), not {duration}")
         super().__init__()
         self.duration, self.pad_mode, self.training = duration, _check_pad_mode(pad_mode), False
 
-    def before_call(self, b, split_idx):
+    def before_call(self, b, split_idx: int | None) -> None:
         super().before_call(b, split_idx)
         self.training = split_idx == 0
 
@@ -133,7 +133,7 @@ class _Mask(SpectrogramTransform):
     split_idx, order = 0, 100
     axis = 2
 
-    def before_call(self, b, split_idx):
+    def before_call(self, b, split_idx: int | None) -> None:
         super().before_call(b, split_idx)
         self.do = True
 
@@ -168,7 +168,14 @@ class MaskFreqGPU(_Mask):
         [8, 8, 8, 8]
     """
 
-    def __init__(self, num_masks=1, min_size=1, max_size=10, mask_val=None, p=1.0):
+    def __init__(
+        self,
+        num_masks: int = 1,
+        min_size: float = 1,
+        max_size: float = 10,
+        mask_val: float | None = None,
+        p: float = 1.0,
+    ):
         if not 0 <= min_size <= max_size:
             raise ValueError(f"need 0 <= min_size <= max_size, got {min_size}, {max_size}")
         super().__init__(p=p)
@@ -217,7 +224,7 @@ class MaskFreq(_Mask):
         True
     """
 
-    def __init__(self, num_masks=1, size=20, start=None, val=None):
+    def __init__(self, num_masks: int = 1, size: int = 20, start: int | None = None, val: float | None = None):
         super().__init__()
         self.num_masks, self.size, self.start, self.mask_val = num_masks, size, start, val
 
@@ -255,7 +262,7 @@ class SGRoll(SpectrogramTransform):
 
     split_idx, order = 0, 100
 
-    def __init__(self, max_shift_pct=0.5, direction=0):
+    def __init__(self, max_shift_pct: float = 0.5, direction: int = 0):
         if direction not in (-1, 0, 1):
             raise ValueError(f"direction must be -1 (earlier), 0 (either) or 1 (later), not {direction!r}")
         super().__init__()
@@ -285,7 +292,7 @@ class DeltaGPU(SpectrogramTransform):
         torch.Size([2, 12, 64, 50])
     """
 
-    def __init__(self, width=9, mode="replicate"):
+    def __init__(self, width: int = 9, mode: str = "replicate"):
         if width < 3 or width % 2 == 0:
             raise ValueError(f"width must be an odd number of frames >= 3, not {width}")
         super().__init__()
@@ -301,7 +308,7 @@ class DeltaGPU(SpectrogramTransform):
 class Delta(DeltaGPU):
     "`DeltaGPU` with fastaudio's item signature (`width`); the same computation, on items or batches."
 
-    def __init__(self, width=9):
+    def __init__(self, width: int = 9):
         super().__init__(width=width)
 
 
@@ -314,7 +321,7 @@ class TfmResizeGPU(SpectrogramTransform):
         torch.Size([2, 1, 32, 32])
     """
 
-    def __init__(self, size, interp_mode="bilinear"):
+    def __init__(self, size: int | tuple[int, int], interp_mode: str = "bilinear"):
         super().__init__()
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.interp_mode = interp_mode

@@ -20,6 +20,7 @@ import hashlib
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ __all__ = ["STALE_TMP_SECONDS", "AudioCache", "preprocess_audio_folder", "source
 STALE_TMP_SECONDS = 15 * 60  # a writer renames its temporary file within seconds: older ones belong to dead writers
 
 
-def source_key(fn):
+def source_key(fn: str | os.PathLike) -> str:
     """A file-name-safe key of the audio file `fn` as it is now: its resolved path, size, modification
     time, inode and status-change time.
 
@@ -79,7 +80,7 @@ class AudioCache:
         (torch.Size([1, 16000]), 1, 16000, 1)
     """
 
-    def __init__(self, folder, sample_rate=16000, force_mono=True):
+    def __init__(self, folder: str | os.PathLike, sample_rate: int | None = 16000, force_mono: bool = True):
         self.sample_rate, self.force_mono = sample_rate, force_mono
         self.folder = Path(folder) / f"sr{sample_rate or 'orig'}_{'mono' if force_mono else 'all'}"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ class AudioCache:
             except OSError:  # another process removed or renamed it first
                 pass
 
-    def path_for(self, fn):
+    def path_for(self, fn: str | os.PathLike) -> Path:
         "The cache file of `fn` as it is now: its name changes whenever `source_key(fn)` does."
         return self.folder / f"{source_key(fn)}.npy"
 
@@ -153,16 +154,16 @@ class AudioCache:
 
 
 def preprocess_audio_folder(
-    files,
-    cache_folder=None,
-    sample_rate=16000,
-    force_mono=True,
-    n_workers=None,
-    progress=True,
-    folders=None,
-    output_dir=None,
-    crop_signal_to=None,
-):
+    files: str | os.PathLike | Iterable[str | os.PathLike],
+    cache_folder: str | os.PathLike | list[str] | None = None,
+    sample_rate: int | None = 16000,
+    force_mono: bool = True,
+    n_workers: int | None = None,
+    progress: bool = True,
+    folders: list[str] | None = None,
+    output_dir: str | os.PathLike | None = None,
+    crop_signal_to: float | None = None,
+) -> "AudioCache | Path":
     """Fill the cache for `files` in parallel threads, with a progress bar.
 
     Two call forms:

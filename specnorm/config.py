@@ -6,6 +6,7 @@ select the pipeline `AudioToSpec.from_cfg` builds.
 """
 
 import inspect
+from collections.abc import Callable
 from dataclasses import field, make_dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ __all__ = ["AudioConfig", "config_from_func"]
 _SKIPPED = {"return_complex", "onesided"}
 
 
-def config_from_func(func, name, **kwargs):
+def config_from_func(func: Callable, name: str, **kwargs) -> type:
     """A dataclass named `name` whose fields are `func`'s arguments that have defaults, plus `kwargs`.
 
     `kwargs` add fields or override defaults. Deprecated torchaudio arguments are left out.

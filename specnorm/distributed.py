@@ -19,12 +19,14 @@ import contextlib
 import functools
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from fastai.callback.core import Callback
+from fastai.data.load import DataLoader
 from fastai.learner import AvgMetric, Metric
 from fastai.torch_core import to_detach
 from fastcore.basics import noop
@@ -56,22 +58,22 @@ class RankError(RuntimeError):
     "Another rank failed: raised on every rank that did not fail itself, naming the rank and its error."
 
 
-def is_distributed(group=None):
+def is_distributed(group: "dist.ProcessGroup | None" = None) -> bool:
     "Whether a process group with more than one rank is initialized."
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def rank(group=None):
+def rank(group: "dist.ProcessGroup | None" = None) -> int:
     "This process's rank in `group` (0 without a process group)."
     return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
 
 
-def world_size(group=None):
+def world_size(group: "dist.ProcessGroup | None" = None) -> int:
     "The number of ranks in `group` (1 without a process group)."
     return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
-def shard(items, group=None):
+def shard(items: Sequence, group: "dist.ProcessGroup | None" = None) -> Sequence:
     """This rank's share of `items`: `items[rank::world]` (all of them in one process).
 
     Shares differ in size by at most one item; together they hold every item once.
@@ -97,7 +99,9 @@ def _summary(error):
     return f"{type(error).__name__}: {lines[0]}" + (f" ({lines[-1]})" if len(lines) > 1 else "")
 
 
-def agree(error=None, done=True, value=0, group=None):
+def agree(
+    error: BaseException | None = None, done: bool = True, value: int = 0, group: "dist.ProcessGroup | None" = None
+) -> tuple[bool, list[int]]:
     """Exchange a status with every rank, before any collective that a failed rank would never join.
 
     Every rank calls it the same number of times. If any rank passes an `error`, every rank raises:
@@ -131,7 +135,7 @@ def agree(error=None, done=True, value=0, group=None):
 
 
 @contextlib.contextmanager
-def rank_zero_output(group=None):
+def rank_zero_output(group: "dist.ProcessGroup | None" = None) -> Iterator[None]:
     "Silence standard output on every rank but rank 0 (errors still go to standard error)."
     if rank(group) == 0:
         yield
@@ -140,7 +144,7 @@ def rank_zero_output(group=None):
         yield
 
 
-def on_rank_zero_output(func):
+def on_rank_zero_output(func: Callable) -> Callable:
     "Decorator: `func` prints only on rank 0 (see `rank_zero_output`)."
 
     @functools.wraps(func)
@@ -152,7 +156,7 @@ def on_rank_zero_output(func):
 
 
 @contextlib.contextmanager
-def launched(timeout=None):
+def launched(timeout: float | None = None) -> Iterator[None]:
     """Join the process group a launcher (`torchrun`) describes in the environment, and leave it at the end.
 
     With `WORLD_SIZE` > 1 and no group yet, it initializes one from the environment (`env://`): NCCL with
@@ -183,7 +187,7 @@ def _broadcast_list(idxs):
     return t.cpu().tolist()
 
 
-def rank_loader(dl, split_batch=True):
+def rank_loader(dl: DataLoader, split_batch: bool = True) -> DataLoader:
     """This rank's share of the fastai loader `dl`, for data-parallel training: a `dl.new` whose items are
     `idxs[rank::world]` of rank 0's order (shuffled anew each epoch, then broadcast).
 
@@ -255,10 +259,10 @@ class DDPTrainer(Callback):
 
     order = 11  # as fastai's DistributedTrainer: after TrainEvalCallback has moved the model, before Recorder
 
-    def __init__(self, sync_bn=True, split_batch=True):
+    def __init__(self, sync_bn: bool = True, split_batch: bool = True):
         self.sync_bn, self.split_batch = sync_bn, split_batch
 
-    def before_fit(self):
+    def before_fit(self) -> None:
         world, model = world_size(), self.learn.model
         if self.split_batch and any(dl.bs % world for dl in self.dls.loaders):
             raise ValueError(
@@ -281,13 +285,13 @@ class DDPTrainer(Callback):
         if rank():
             self.learn.logger = noop
 
-    def after_fit(self):
+    def after_fit(self) -> None:
         self.learn.model, self.learn.dls.loaders = self.learn.model.module, self.old_loaders
         self.learn.metrics = self.old_metrics
         if self.old_loss is not None:
             vars(self.learn.recorder)["loss"] = self.old_loss
 
 
-def ddp_callbacks(**kwargs):
+def ddp_callbacks(**kwargs) -> list[Callback]:
     "`[DDPTrainer(**kwargs)]` under a process group of several ranks, `[]` in one process: for `Learner(cbs=...)`."
     return [DDPTrainer(**kwargs)] if is_distributed() else []

@@ -21,11 +21,14 @@ of dB) need no statistics. `register_method` adds more.
 import dataclasses
 import json
 import math
+import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import fastai.callback.progress  # patches Learner.no_bar
 import fastai.callback.schedule  # noqa: F401 (patches Learner.fit_one_cycle)
@@ -34,6 +37,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
 from fastai.data.transforms import get_c
 from fastai.learner import Learner
 from fastai.metrics import accuracy
@@ -50,6 +55,9 @@ from .pcen import PCEN
 from .progress import interactive
 from .sliding import SlidingSpecNorm
 from .spectrogram import AudioToSpec
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = [
     "FASTAUDIO_BASELINE",
@@ -73,7 +81,7 @@ FASTAUDIO_BASELINE = 0.6664
 STATS_AXES = {"global": GLOBAL_AXES, "channel": CHANNEL_AXES}
 
 
-def make_xresnet_grayscale(model, n_in=1):
+def make_xresnet_grayscale(model: nn.Module, n_in: int = 1) -> nn.Module:
     """Make a model's first convolution take `n_in` input channels: each gets the mean of its old weights.
 
     The stem of fastai's `xresnet` takes 3 (RGB) channels; spectrograms have 1. Averaging the first
@@ -131,10 +139,10 @@ class EpochLines(Callback):
 
     order = 60  # where fastai's ProgressCallback stands: after the Recorder (50) has the epoch's figures
 
-    def __init__(self, label=""):
+    def __init__(self, label: str = ""):
         self.label = label
 
-    def before_fit(self):
+    def before_fit(self) -> None:
         # The Recorder hands each epoch's row to `learn.logger`; put ours in its place, as ProgressCallback does
         # (unless logging is off: `no_logging()` installs fastai's `noop`).
         self.old_logger = self.learn.logger
@@ -150,7 +158,7 @@ class EpochLines(Callback):
         prefix = f"{self.label} " if self.label else ""
         print(f"{prefix}epoch {int(row[0]) + 1}/{self.n_epoch}: {figures}", flush=True)
 
-    def after_fit(self):
+    def after_fit(self) -> None:
         self.learn.logger = self.old_logger
 
 
@@ -163,8 +171,17 @@ def _accuracy_of_last_epoch(learn):
 
 @on_rank_zero_output
 def train_loops(
-    dls, name, num_runs=5, epochs=20, num_cls=None, arch=xresnet18, lr=None, n_in=1, seed=None, quiet=False
-):
+    dls: DataLoaders,
+    name: str,
+    num_runs: int = 5,
+    epochs: int = 20,
+    num_cls: int | None = None,
+    arch: Callable[..., nn.Module] = xresnet18,
+    lr: float | None = None,
+    n_in: int = 1,
+    seed: int | None = None,
+    quiet: bool = False,
+) -> list[float]:
     """Train `num_runs` fresh models on `dls` with `fit_one_cycle`; print and return their accuracies.
 
     Each run builds `arch(n_out=num_cls)`, makes its stem `n_in`-channel with `make_xresnet_grayscale`,
@@ -244,12 +261,12 @@ class TrainStats:
         >>> SpecNormalize.from_stats(stats['channel'])                          # doctest: +SKIP
     """
 
-    def __init__(self, dl, fraction=1.0, progress=True, seed=0):
+    def __init__(self, dl: DataLoader, fraction: float = 1.0, progress: bool = True, seed: int = 0):
         self.dl, self.fraction, self.progress, self.seed = dl, fraction, progress, seed
         self._recorders = None
 
     @property
-    def computed(self):
+    def computed(self) -> bool:
         return self._recorders is not None
 
     def __getitem__(self, kind):
@@ -268,7 +285,7 @@ class TrainStats:
             self._recorders = dict(zip(STATS_AXES, recorders))
         return self._recorders[kind]
 
-    def as_lists(self):
+    def as_lists(self) -> dict[str, dict[str, list[float]]]:
         "`{kind: {'mean': [...], 'std': [...]}}` of what has been computed, as plain floats."
         if self._recorders is None:
             return {}
@@ -295,7 +312,7 @@ METHODS = {
 LINEAR_METHODS = {"pcen"}
 
 
-def register_method(name, make_batch_tfms, linear=False):
+def register_method(name: str, make_batch_tfms: Callable[[TrainStats], list], linear: bool = False) -> None:
     """Add (or replace) a normalization `compare` can run, under `name`.
 
     Args:
@@ -393,7 +410,7 @@ def _summary(accs_by_method):
     return results
 
 
-def plot_results(results, ax=None, title=None):
+def plot_results(results: pd.DataFrame, ax: "Axes | None" = None, title: str | None = None) -> "Axes":
     """Plot `compare`'s results: every run's accuracy as a point, the mean with a ±std error bar per method.
 
     Example:
@@ -446,25 +463,25 @@ def _save(results, folder, title):
 
 @on_rank_zero_output
 def compare(
-    df,
-    path,
-    methods=("none", "global", "channel"),
-    runs=5,
-    epochs=20,
-    fold=1,
-    fraction=1.0,
-    audio_cfg=None,
-    seed=None,
-    crop_ms=5000,
-    bs=64,
-    sample_rate=16000,
-    arch=xresnet18,
-    lr=None,
-    audio_normalize=True,
-    save_to=None,
-    quiet=False,
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    methods: Sequence[str] = ("none", "global", "channel"),
+    runs: int = 5,
+    epochs: int = 20,
+    fold: int | str = 1,
+    fraction: float = 1.0,
+    audio_cfg: Any = None,
+    seed: int | None = None,
+    crop_ms: float = 5000,
+    bs: int = 64,
+    sample_rate: int = 16000,
+    arch: Callable[..., nn.Module] = xresnet18,
+    lr: float | None = None,
+    audio_normalize: bool = True,
+    save_to: str | os.PathLike | None = None,
+    quiet: bool = False,
     **dls_kwargs,
-):
+) -> pd.DataFrame:
     """Train and score each normalization on a dataset: which one suits it?
 
     For each method, DataLoaders are built with `get_dls` (validation fold `fold`; every waveform

@@ -49,7 +49,7 @@ class AudioDL(TfmdDL):
     `lengths` comes from each item's `lengths` (set by `ResizeSignal`) or its full length.
     """
 
-    def create_batch(self, b):
+    def create_batch(self, b: list) -> tuple:
         xs = [it[0] for it in b] if isinstance(b[0], tuple) else b
         if not isinstance(xs[0], AudioTensor):
             res = super().create_batch(b)
@@ -125,12 +125,12 @@ class WaveformDL(AudioDL):
         self,
         dataset,
         store=None,
-        fn_col="filename",
-        pref="",
-        duration=None,
-        pad_mode="zeros",
+        fn_col: str = "filename",
+        pref: str = "",
+        duration: float | None = None,
+        pad_mode: str = "zeros",
         per_item_tfms=None,
-        on_device=False,
+        on_device: bool = False,
         **kwargs,
     ):
         self.store, self.fn_col, self.pref, self.duration, self.pad_mode = store, fn_col, pref, duration, pad_mode
@@ -143,7 +143,7 @@ class WaveformDL(AudioDL):
         super().__init__(dataset, **kwargs)
 
     @staticmethod
-    def stores(store, dataset, fn_col, pref):
+    def stores(store, dataset, fn_col: str, pref: str) -> bool:
         "Whether every item of `dataset` is a row of `store` (a DataFrame of files under `pref`)."
         items = getattr(dataset, "items", None)
         if not hasattr(items, "columns") or fn_col not in items.columns:
@@ -151,7 +151,7 @@ class WaveformDL(AudioDL):
         files = set(store.files)
         return all(f"{pref}{fn}" in files for fn in items[fn_col])
 
-    def new(self, dataset=None, cls=None, **kwargs):
+    def new(self, dataset=None, cls: type | None = None, **kwargs) -> TfmdDL:
         if dataset is not None and (len(dataset) == 0 or not self.stores(self.store, dataset, self.fn_col, self.pref)):
             # Items the store lacks go through the per-item pipeline; so does an empty dataset
             # (`Learner.export` pickles one: the store stays out of the exported file).
@@ -159,26 +159,26 @@ class WaveformDL(AudioDL):
         return super().new(dataset, cls, **kwargs)
 
     @property
-    def training(self):
+    def training(self) -> bool:
         return getattr(self.dataset, "split_idx", None) == 0
 
-    def before_iter(self):
+    def before_iter(self) -> None:
         super().before_iter()
         if self.training:
             # One uniform number per item and epoch (its crop start or padding split), drawn here in the
             # main process from Python's `random`, as `ResizeSignal` draws: `set_seed` fixes both paths.
             self.uniform = np.random.default_rng(random.getrandbits(64)).random(len(self.dataset))
 
-    def create_item(self, s):
+    def create_item(self, s: int | None) -> int:
         return 0 if s is None else s  # an index: the batch is made in `create_batch`
 
-    def do_item(self, s):
+    def do_item(self, s: int | None) -> int:
         return self.create_item(s)  # `after_item` runs in `create_batch`, on the cropped clips
 
     def retain(self, res, b):
         return res
 
-    def starts(self, idx, t, n):
+    def starts(self, idx: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
         "Where each clip's `n` samples start (negative: zeros first), as `ResizeSignal` draws them."
         missing = n - t
         if self.training:
@@ -190,7 +190,7 @@ class WaveformDL(AudioDL):
             before = np.zeros_like(t)
         return np.where(t > n, crop, -before).astype(np.int64)
 
-    def create_batch(self, b):
+    def create_batch(self, b: list[int]) -> tuple:
         idx = np.asarray(b, dtype=np.int64)
         rows = self.rows[idx]
         sr, t = int(self.store.rates[rows[0]]), self.store.nsamples[rows]

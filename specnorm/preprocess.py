@@ -31,7 +31,7 @@ class RemoveType(str, Enum):
     Split = "split"
 
 
-def nonsilent_intervals(x, threshold, hop):
+def nonsilent_intervals(x: torch.Tensor, threshold: float, hop: int) -> torch.Tensor:
     """Sample intervals `[start, end)` of `x` `[C, T]` whose RMS is within `threshold` dB of the loudest frame.
 
     Frames are `2 * hop` samples long and centred on multiples of `hop` (channels averaged); each frame
@@ -86,7 +86,9 @@ class RemoveSilence(DisplayedTransform):
         1060
     """
 
-    def __init__(self, remove_type=RemoveType.Trim, threshold=20, pad_ms=20):
+    def __init__(
+        self, remove_type: RemoveType | str | None = RemoveType.Trim, threshold: float = 20, pad_ms: float = 20
+    ):
         super().__init__()
         if remove_type is not None and remove_type not in tuple(RemoveType):
             raise ValueError(f"remove_type must be one of {[t.value for t in RemoveType]} or None, not {remove_type!r}")
@@ -127,7 +129,7 @@ class PreprocessAudio:
         torch.Size([1, 8000])
     """
 
-    def __init__(self, sample_rate=16000, force_mono=True, crop_signal_to=None):
+    def __init__(self, sample_rate: int | None = 16000, force_mono: bool = True, crop_signal_to: float | None = None):
         self.tfms = Pipeline(audio_item_tfms(sample_rate, force_mono, crop_signal_to))
 
     def __call__(self, fn):

@@ -86,7 +86,7 @@ def _resampler(orig_sr, new_sr, device):
     return _DirectResampler(orig, new, device)
 
 
-def resample(x, orig_sr, new_sr):
+def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Resample the last axis of `x` from `orig_sr` to `new_sr` Hz (any integer rates), on `x`'s device.
 
     Args:
@@ -130,7 +130,7 @@ class Resample(DisplayedTransform):
 
     order = 11
 
-    def __init__(self, sr=None, sr_new=None):
+    def __init__(self, sr: int | None = None, sr_new: int | None = None):
         super().__init__()
         if (sr is None) == (sr_new is None):
             raise ValueError(f"give the target rate once, as `sr` or `sr_new` (got sr={sr}, sr_new={sr_new})")
@@ -191,7 +191,7 @@ class ResizeSignal(RandTransform):
     split_idx, order = None, 12
     pad_modes = ("zeros", "zeros_after", "repeat")
 
-    def __init__(self, duration, pad_mode="zeros"):
+    def __init__(self, duration: float, pad_mode: str = "zeros"):
         if pad_mode not in self.pad_modes:
             raise ValueError(f"pad_mode must be one of {self.pad_modes}, not {pad_mode!r}")
         if duration <= 0:
@@ -199,7 +199,7 @@ class ResizeSignal(RandTransform):
         super().__init__()
         self.duration, self.pad_mode, self.training = duration, pad_mode, False
 
-    def before_call(self, b, split_idx):
+    def before_call(self, b, split_idx: int | None) -> None:
         super().before_call(b, split_idx)
         self.training = split_idx == 0
 
@@ -224,7 +224,9 @@ class ResizeSignal(RandTransform):
         return x
 
 
-def audio_item_tfms(sample_rate=16000, force_mono=True, crop_signal_to=None):
+def audio_item_tfms(
+    sample_rate: int | None = 16000, force_mono: bool = True, crop_signal_to: float | None = None
+) -> list[DisplayedTransform]:
     "The item transforms of `AudioBlock`: resample, downmix to mono, crop/pad to `crop_signal_to` ms."
     tfms = [] if sample_rate is None else [Resample(sample_rate)]
     if force_mono:

@@ -28,7 +28,6 @@ its float32 value relative to it, or 6e-8 absolute below float16's normal range 
 import hashlib
 import json
 import os
-import sys
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +56,10 @@ class StoreError(ValueError):
 
 
 def _progress_wanted():
-    "A progress bar only where someone watches it: a terminal or a notebook."
-    from fastcore.imports import in_notebook
+    "A progress bar only where someone watches it: `specnorm.progress.interactive` decides (`SPECNORM_PROGRESS`)."
+    from .progress import interactive
 
-    return in_notebook() or sys.stderr.isatty()
+    return interactive()
 
 
 def _crc(arr):
@@ -90,12 +89,21 @@ class WaveformStore:
         (torch.Size([1, 16000]), 16000, 64000)
     """
 
-    def __init__(self, files, data, offsets, channels, nsamples, rates, path=None):
+    def __init__(
+        self,
+        files: list,
+        data: np.ndarray,
+        offsets: np.ndarray,
+        channels: np.ndarray,
+        nsamples: np.ndarray,
+        rates: np.ndarray,
+        path: Path | None = None,
+    ):
         self.files, self.data, self.path = list(files), data, path
         self.offsets, self.channels, self.nsamples, self.rates = offsets, channels, nsamples, rates
         self._copies = {}  # device -> the samples as a tensor there (`samples_on`)
 
-    def samples_on(self, device):
+    def samples_on(self, device: str | torch.device) -> torch.Tensor:
         "The samples as one tensor on `device`, copied there once and shared by every loader of this store."
         key = str(torch.device(device))
         if key not in self._copies:
@@ -108,7 +116,7 @@ class WaveformStore:
         return len(self.files)
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.data.nbytes
 
     def __getitem__(self, i):
@@ -117,7 +125,9 @@ class WaveformStore:
         x = torch.from_numpy(np.array(self.data[o : o + c * t], dtype=np.float32).reshape(c, t))
         return AudioTensor(x, sr=int(self.rates[i]))
 
-    def gather(self, rows, n, starts, pad_mode="zeros"):
+    def gather(
+        self, rows: list[int] | np.ndarray, n: int, starts: list[int] | np.ndarray, pad_mode: str = "zeros"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`n` samples of each of `rows`, from `starts` (negative: that many zeros first), as one array.
 
         Positions outside a clip are zeros (`pad_mode` `'zeros'` or `'zeros_after'`); with `'repeat'` a
@@ -149,7 +159,14 @@ class WaveformStore:
             lengths[b] = src1 - src0
         return out, lengths
 
-    def take(self, samples, rows, n, starts, pad_mode="zeros"):
+    def take(
+        self,
+        samples: torch.Tensor,
+        rows: list[int] | np.ndarray,
+        n: int,
+        starts: list[int] | np.ndarray,
+        pad_mode: str = "zeros",
+    ) -> tuple[torch.Tensor, np.ndarray]:
         """`gather` with torch ops on `samples`, this store's `data` as a tensor on any device (e.g. a GPU
         copy made once): the batch is made where it will be used, with no host copy and no host read.
 
@@ -181,15 +198,15 @@ class WaveformStore:
     @classmethod
     def build(
         cls,
-        files,
-        folder=None,
-        sample_rate=16000,
-        force_mono=True,
-        dtype="float32",
-        n_workers=None,
-        progress=None,
-        device=None,
-    ):
+        files: list,
+        folder: str | os.PathLike | None = None,
+        sample_rate: int | None = 16000,
+        force_mono: bool = True,
+        dtype: str = "float32",
+        n_workers: int | None = None,
+        progress: bool | None = None,
+        device: str | torch.device | None = None,
+    ) -> "WaveformStore":
         """The store of `files`: opened from `folder` when a complete one with the same key is there,
         built (and saved there) otherwise.
 
@@ -224,7 +241,7 @@ class WaveformStore:
         return cls._decode_all(files, folder, key, settings, n_workers, progress, device)
 
     @staticmethod
-    def key(files, settings):
+    def key(files: list[str], settings: dict) -> str:
         "`<settings and file list hash>-<sources hash>`: the second half changes when any source file does."
         files_hash = hashlib.sha1(json.dumps([settings, files]).encode()).hexdigest()[:16]
         sources_hash = hashlib.sha1("\n".join(source_key(f) for f in files).encode()).hexdigest()[:16]
@@ -330,7 +347,7 @@ class WaveformStore:
         self.data = np.memmap(samples, dtype=settings["dtype"], mode="r", shape=(self.data.size,))
 
     @classmethod
-    def open(cls, path, verify=True):
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> "WaveformStore":
         """Open the store whose header is `path` (`<key>.json`), memory-mapping its samples.
 
         With `verify`, the samples' CRC-32 is checked (one sequential read, which also fills the

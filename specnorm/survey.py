@@ -20,6 +20,7 @@ import math
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -55,7 +56,7 @@ class AudioSurvey:
     notes: tuple = field(default=())
 
     @property
-    def durations(self):
+    def durations(self) -> np.ndarray:
         "Length of each clip in seconds."
         return self.frames / self.sample_rates
 
@@ -80,7 +81,13 @@ def _info(fn):
     return fn, (info.samplerate, info.frames, info.channels), None
 
 
-def survey_audio(files, max_sample_rate=None, max_files=None, num_workers=8, seed=0):
+def survey_audio(
+    files: Iterable[str | os.PathLike],
+    max_sample_rate: int | None = None,
+    max_files: int | None = None,
+    num_workers: int = 8,
+    seed: int = 0,
+) -> AudioSurvey:
     """Read the headers of `files` and derive the default sample rate and crop length.
 
     Args:

@@ -13,6 +13,7 @@ frequencies carry far more energy than high ones) at a random signal-to-noise ra
 generated from its own seed `(seed, class, clip)`, so a dataset is identical from one call to the next.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,14 @@ def _clip(target, n_classes, rng, n, sr):
     return x if peak <= 0.99 else x * (0.99 / peak)
 
 
-def make_synthetic_dataset(root, n_classes=10, clips_per_class=40, seconds=5.0, sr=44100, seed=0):
+def make_synthetic_dataset(
+    root: str | os.PathLike,
+    n_classes: int = 10,
+    clips_per_class: int = 40,
+    seconds: float = 5.0,
+    sr: int = 44100,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Write a synthetic ESC-50-style dataset to `root` and return its metadata.
 
     Args:

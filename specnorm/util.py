@@ -3,6 +3,7 @@ the way a training DataLoader does, and `auto_batch`, which lets a batch functio
 """
 
 import math
+from collections.abc import Callable
 from functools import wraps
 
 import torch
@@ -13,7 +14,7 @@ from .audio import AudioTensor
 __all__ = ["apply_transform", "auto_batch", "create_sin_wave", "test_audio_tensor"]
 
 
-def create_sin_wave(seconds=5, sr=16000, freq=400):
+def create_sin_wave(seconds: float = 5, sr: int = 16000, freq: float = 400) -> tuple[torch.Tensor, int]:
     """A sine of `freq` Hz and unit amplitude, `seconds` long at `sr` Hz: `(samples [seconds * sr], sr)`.
 
     Example:
@@ -26,7 +27,7 @@ def create_sin_wave(seconds=5, sr=16000, freq=400):
     return torch.sin(2 * math.pi * freq * t).float(), sr
 
 
-def test_audio_tensor(seconds=2, sr=16000, channels=1):
+def test_audio_tensor(seconds: float = 2, sr: int = 16000, channels: int = 1) -> AudioTensor:
     """An `AudioTensor` `[channels, seconds * sr]` of a 400 Hz sine (the same on every channel).
 
     Example:
@@ -42,7 +43,7 @@ def test_audio_tensor(seconds=2, sr=16000, channels=1):
 test_audio_tensor.__test__ = False  # a helper, not a test, wherever pytest finds it imported
 
 
-def apply_transform(transform, inp):
+def apply_transform(transform: Callable, inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply `transform` to a copy of `inp` as the training DataLoader would; returns `(copy of inp, output)`.
 
     Random transforms get `split_idx=0` (the training split, where augmentations apply); `inp` is left
@@ -60,7 +61,7 @@ def apply_transform(transform, inp):
     return inp.clone(), out
 
 
-def auto_batch(item_dims):
+def auto_batch(item_dims: int) -> Callable[[Callable], Callable]:
     """Decorator for a method `f(self, x)` written for batches: an item of `item_dims` dims gets a batch axis
     added before the call and removed after.
 

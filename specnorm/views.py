@@ -31,7 +31,7 @@ __all__ = ["plot_top_losses", "show_results", "spec_to_audio"]
 _RIGHT, _WRONG = "green", "red"
 
 
-def spec_to_audio(spec, n_iter=32):
+def spec_to_audio(spec: AudioSpectrogram, n_iter: int = 32) -> AudioTensor:
     """An approximate waveform for a (decoded, not standardized) spectrogram item, to listen to it.
 
     dB values become power (`10 ** (dB / 10)`, which also holds for a magnitude spectrogram in dB), mel rows
