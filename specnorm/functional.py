@@ -52,6 +52,7 @@ __all__ = [
     "lengths_to_mask",
     "moments",
     "normalize",
+    "padding_of",
     "pcen",
     "pcen_smoothing_coef",
     "short_time_rms",
@@ -504,6 +505,31 @@ def lengths_to_mask(
     return (t >= first) & (t < first + lengths)
 
 
+def padding_of(x: Tensor) -> tuple[Tensor | int | None, Tensor | int]:
+    """`x`'s valid lengths and the padding before them along its last axis: `(lengths, pad_before)`, or
+    `(None, 0)` when `x` carries no `lengths` that describe it.
+
+    fastai's tensor types copy their metadata into every tensor made from them (a slice, `new_zeros`...),
+    so a tensor may carry the `lengths` of another batch: a 1-d `lengths` counts only when it has one
+    entry per item of `x` (its first dim); a number (an item's length) always does. Shapes are metadata:
+    no host read.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import padding_of
+        >>> x = torch.zeros(2, 1, 5)
+        >>> x.lengths = torch.tensor([2, 5])
+        >>> padding_of(x)[0], padding_of(x[:1])
+        (tensor([2, 5]), (None, 0))
+    """
+    lengths = getattr(x, "lengths", None)
+    if isinstance(lengths, Tensor) and lengths.ndim == 1 and (x.ndim < 2 or lengths.shape[0] != x.shape[0]):
+        return None, 0
+    if lengths is None:
+        return None, 0
+    return lengths, getattr(x, "pad_before", 0)
+
+
 def valid_mask(x: Tensor) -> Tensor | None:
     """The bool mask of `x`'s valid (unpadded) positions along its last axis, from its `lengths` and
     `pad_before` attributes (None without `lengths`), shaped to broadcast to `x`: `[B, 1, ..., T]` for a
@@ -519,12 +545,12 @@ def valid_mask(x: Tensor) -> Tensor | None:
         tensor([[0, 1, 1, 0, 0],
                 [1, 1, 1, 1, 1]], dtype=torch.int32)
     """
-    lengths = getattr(x, "lengths", None)
+    lengths, pad_before = padding_of(x)
     if lengths is None:
         return None
     n = x.shape[-1]
     batched = isinstance(lengths, Tensor) and lengths.ndim == 1  # shape metadata: no host read
-    mask = lengths_to_mask(lengths, n, getattr(x, "pad_before", None))
+    mask = lengths_to_mask(lengths, n, pad_before)
     if mask.device != x.device:
         mask = mask.to(x.device, non_blocking=True)
     lead = (-1,) if batched else (1,)

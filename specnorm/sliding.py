@@ -70,6 +70,7 @@ from .functional import (
     FiniteCheck,
     _accumulator_dtype,
     check_eps,
+    padding_of,
     short_time_rms,
     sliding_norm,
     window_bounds,
@@ -212,11 +213,12 @@ class SlidingSpecNorm(DisplayedTransform):
         self.finite.check()
 
     def encodes(self, x: TensorImageBase):
-        if getattr(x, "lengths", None) is not None:
+        lengths, pad_before = padding_of(x)
+        if lengths is not None:
             out = padded_sliding_norm(
                 x,
-                x.lengths,
-                getattr(x, "pad_before", 0),
+                lengths,
+                pad_before,
                 self.window,
                 self.center,
                 self.norm_vars,

@@ -18,7 +18,7 @@ import torchaudio.transforms as T
 from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
-from .functional import FiniteCheck, valid_mask
+from .functional import FiniteCheck, padding_of, valid_mask
 
 __all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "frame_lengths", "get_usable_kwargs"]
 
@@ -177,14 +177,12 @@ class AudioToSpec(DisplayedTransform):
         with torch.autocast(x.device.type, enabled=False):  # the dB log needs float32 range
             spec = pipe(x.as_subclass(torch.Tensor))
         self.finite.update(spec)
-        lengths = getattr(x, "lengths", None)
+        lengths, pad_before = padding_of(x)
         if lengths is None:
             return AudioSpectrogram(spec, sr=x.sr, **self.meta)
         settings = self.settings.get("melkwargs") or self.settings  # MFCC's frame settings are in melkwargs
         centre = 0 if settings.get("center", True) else self.meta["n_fft"] // 2
-        frames, before = frame_lengths(
-            lengths, getattr(x, "pad_before", 0), self.meta["hop_length"], spec.shape[-1], centre
-        )
+        frames, before = frame_lengths(lengths, pad_before, self.meta["hop_length"], spec.shape[-1], centre)
         out = AudioSpectrogram(spec, sr=x.sr, **self.meta, lengths=frames, pad_before=before)
         # Padded frames read as silence, frames partly in the padding included.
         return out.copy_(torch.where(valid_mask(out), spec, self._floor(spec, lengths)))

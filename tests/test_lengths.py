@@ -373,3 +373,21 @@ def test_auto_settings_replace_only_auto(tmp_path):
     assert auto_settings(files, None, None) == (None, None)
     with pytest.raises(ValueError, match="crop_signal_to must be a positive number.*not -1"):
         auto_settings(files, "auto", -1)
+
+
+def test_lengths_of_another_batch_are_ignored(device):
+    "fastai copies metadata into slices and new tensors: `lengths` that do not describe a tensor never mask it."
+    batch = AudioTensor(torch.randn(4, 1, 8000, device=device), sr=16000)
+    batch.lengths = torch.tensor([8000, 4000, 2000, 8000], device=device)
+    batch.pad_before = torch.zeros(4, dtype=torch.int64, device=device)
+    a2s = AudioToSpec(sample_rate=16000)
+    full = a2s(batch)
+    assert full.lengths.shape == (4,) and (full.lengths[1:3] < full.shape[-1]).all()
+    one = a2s(batch.new_zeros(1, 8000))  # an item made from the batch: carries the batch's 4 lengths
+    assert getattr(one, "lengths", None) is None
+    torch.testing.assert_close(
+        one.as_subclass(torch.Tensor),
+        a2s(AudioTensor(torch.zeros(1, 8000), sr=16000).to(device)).as_subclass(torch.Tensor),
+    )
+    two = full[:2]  # a slice of a spectrogram batch keeps all 4 lengths: no mask, rather than a wrong one
+    assert valid_mask(two) is None and valid_mask(full).shape == (4, 1, 1, full.shape[-1])
