@@ -96,23 +96,37 @@ class _SpecPipe(nn.Module):
         st = self.stft
         if not self.direct:
             return out.copy_(self.spec(rows))
-        spec = torch.stft(
-            rows,
-            st.n_fft,
-            hop_length=st.hop_length,
-            win_length=st.win_length,
-            window=st.window,
-            center=st.center,
-            pad_mode=st.pad_mode,
-            normalized=False,
-            onesided=st.onesided,
-            return_complex=True,
-        )
+        half, length = st.n_fft // 2, rows.shape[-1]
+        if st.center and st.pad_mode == "reflect" and st.onesided and length > half and st.win_length <= st.n_fft:
+            # `torch.stft`'s own steps (reflect padding, frames times the window, a real FFT), with the
+            # padding as two flipped slices: equal to it bit for bit, and padding costs a third as much.
+            padded = torch.cat([rows[:, 1 : half + 1].flip(-1), rows, rows[:, -half - 1 : -1].flip(-1)], -1)
+            frames = padded.unfold(-1, st.n_fft, st.hop_length) * self._window(st)
+            spec = torch.fft.rfft(frames).transpose(-1, -2)
+        else:
+            spec = torch.stft(
+                rows,
+                st.n_fft,
+                hop_length=st.hop_length,
+                win_length=st.win_length,
+                window=st.window,
+                center=st.center,
+                pad_mode=st.pad_mode,
+                normalized=False,
+                onesided=st.onesided,
+                return_complex=True,
+            )
         parts = torch.view_as_real(spec)
         re, im = parts[..., 0], parts[..., 1]
         if self.mel_scale is None:
             return torch.mul(re, re, out=out).addcmul_(im, im)
         return out.copy_(self.mel_scale(torch.mul(re, re).addcmul_(im, im)))
+
+    @staticmethod
+    def _window(st):
+        "The window of `st` centred in `n_fft` samples, as `torch.stft` pads a shorter one."
+        left = (st.n_fft - st.win_length) // 2
+        return torch.nn.functional.pad(st.window, (left, st.n_fft - st.win_length - left))
 
     def _db(self, y, items):
         "`AmplitudeToDB` in place on `y`, whose rows are `items` spectrograms `[C, F, frames]`."

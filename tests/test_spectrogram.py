@@ -117,6 +117,8 @@ def test_overflowing_samples_are_reported_by_check():
         dict(n_fft=400),
         dict(n_fft=255, hop_length=100, top_db=60.0),
         dict(n_fft=256, center=False, power=1.0),
+        dict(n_fft=256, win_length=201, hop_length=64, pad_mode="constant"),
+        dict(n_fft=256, win_length=200, hop_length=64),
         dict(n_fft=256, normalized=True),
         dict(mel=True, n_fft=512, n_mels=32, top_db=40.0),
         dict(to_db=False, n_fft=128),
