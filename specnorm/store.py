@@ -232,22 +232,26 @@ class WaveformStore:
 
     @staticmethod
     def _info(fn):
-        "`(rate, channels, frames)` of `fn` from its header."
+        "`(rate, channels, frames, pcm16)` of `fn` from its header; `pcm16`: 16-bit integer samples."
         try:
             info = sf.info(fn)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
             raise ValueError(f"cannot decode audio file {fn}: {e}") from e
         if info.frames == 0:
             raise ValueError(f"audio file {fn} has no samples")
-        return info.samplerate, info.channels, info.frames
+        return info.samplerate, info.channels, info.frames, int(info.subtype == "PCM_16")
 
     @staticmethod
-    def _read_into(fn, out):
-        "Decode `fn` into `out` `[frames, channels]` float32, as `AudioTensor.create` reads it."
-        try:
-            sf.read(fn, out=out, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            raise ValueError(f"cannot decode audio file {fn}: {e}") from e
+    def _read_into(files, out):
+        """Decode each of `files` into its row of `out` `[files, frames, channels]`: float32 as
+        `AudioTensor.create` reads it, or int16 (16-bit files: a copy, no conversion in libsndfile)."""
+        for fn, rows in zip(files, out):
+            try:
+                got = sf.read(fn, out=rows, dtype=out.dtype.name, always_2d=True)[0].shape[0]
+            except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+                raise ValueError(f"cannot decode audio file {fn}: {e}") from e
+            if got != rows.shape[0]:
+                raise ValueError(f"audio file {fn} is truncated: {got} of the {rows.shape[0]} frames its header gives")
 
     @classmethod
     def _decode_all(cls, files, folder, key, settings, n_workers, progress, device):
@@ -255,7 +259,7 @@ class WaveformStore:
         n_workers = os.cpu_count() if n_workers is None else n_workers
         device = torch.device("cpu" if device is None else device)
         with ThreadPoolExecutor(max(1, n_workers)) as pool:
-            src = np.array(list(pool.map(cls._info, files)), dtype=np.int64)  # rate, channels, frames
+            src = np.array(list(pool.map(cls._info, files)), dtype=np.int64)  # rate, channels, frames, pcm16
             rates = src[:, 0] if sample_rate is None else np.full(len(files), sample_rate, dtype=np.int64)
             channels = np.ones(len(files), dtype=np.int64) if force_mono else src[:, 1].copy()
             # the output length of `resample`: ceil(frames * new / orig), in integers
@@ -270,7 +274,9 @@ class WaveformStore:
                 data = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
             else:
                 data = np.empty(total, dtype=dtype)
-            # Files with the same rate, channels and length decode into one buffer and resample as one stack.
+            # Files with the same rate, channels, length and sample type decode into one buffer and resample
+            # as one stack; each chunk's files are split among the threads, and the next chunk decodes
+            # while this one resamples.
             groups = {}
             for row, shape in enumerate(map(tuple, src)):
                 groups.setdefault(shape, []).append(row)
@@ -279,24 +285,41 @@ class WaveformStore:
                 for shape, rows in groups.items()
                 for i in range(0, len(rows), BUILD_CHUNK)
             ]
+
+            def decode(chunk):
+                (_, n_ch, frames, pcm16), rows = chunk
+                buf = np.empty((len(rows), frames, n_ch), dtype=np.int16 if pcm16 else np.float32)
+                parts = np.array_split(np.arange(len(rows)), min(len(rows), max(1, n_workers)))
+                jobs = [pool.submit(cls._read_into, [files[rows[i]] for i in p], buf[p[0] : p[-1] + 1]) for p in parts]
+                return buf, jobs
+
+            steps = range(len(chunks))
             if progress if progress is not None else _progress_wanted():
                 from fastprogress.fastprogress import progress_bar
 
-                chunks = progress_bar(chunks)
-            for (sr, n_ch, frames), rows in chunks:
-                buf = np.empty((len(rows), frames, n_ch), dtype=np.float32)
-                list(pool.map(cls._read_into, [files[r] for r in rows], buf))
-                bad = ~np.isfinite(buf).all(axis=(1, 2))
-                if bad.any():
-                    raise ValueError(f"audio file {files[rows[int(bad.argmax())]]} contains NaN or Inf samples")
-                x = torch.from_numpy(buf).transpose(1, 2)  # [B, C, T]
+                steps = progress_bar(steps)
+            pending = decode(chunks[0])
+            for k in steps:
+                ((sr, n_ch, _, pcm16), rows), (buf, jobs) = chunks[k], pending
+                for job in jobs:
+                    job.result()
+                pending = decode(chunks[k + 1]) if k + 1 < len(chunks) else None
+                if pcm16:  # libsndfile's float32 of a 16-bit sample is sample * 2**-15: exact, as here
+                    x = torch.from_numpy(buf).float().mul_(2.0**-15)
+                else:
+                    bad = ~np.isfinite(buf).all(axis=(1, 2))
+                    if bad.any():
+                        raise ValueError(f"audio file {files[rows[int(bad.argmax())]]} contains NaN or Inf samples")
+                    x = torch.from_numpy(buf)
+                x = x.transpose(1, 2)  # [B, C, T]
                 if force_mono and n_ch > 1:
                     x = x.mean(1, keepdim=True)
                 y = resample(x.to(device), sr, int(rates[rows[0]])).cpu().numpy()
-                peaks = np.abs(y).reshape(len(rows), -1).max(1)
-                if data.dtype == np.float16 and peaks.max() > np.finfo(np.float16).max:
-                    fn = files[rows[int(peaks.argmax())]]
-                    raise ValueError(f"audio file {fn} has samples beyond float16's range: use dtype='float32'")
+                if data.dtype == np.float16:
+                    peaks = np.abs(y).reshape(len(rows), -1).max(1)
+                    if peaks.max() > np.finfo(np.float16).max:
+                        fn = files[rows[int(peaks.argmax())]]
+                        raise ValueError(f"audio file {fn} has samples beyond float16's range: use dtype='float32'")
                 for row, clip in zip(rows, y):
                     data[offsets[row] : offsets[row] + sizes[row]] = clip.ravel()
         store = cls(files, data, offsets, channels, nsamples, rates)

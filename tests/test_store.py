@@ -139,3 +139,19 @@ def test_take_on_a_device_equals_gather(files, pad_mode, device):
     assert got.device.type == device.type and got.dtype == torch.float32
     np.testing.assert_array_equal(got.cpu().numpy(), expected)
     np.testing.assert_array_equal(got_lengths, lengths)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_samples_at_the_target_rate_are_stored_as_libsndfile_reads_them(subtype, ext, tmp_path):
+    # 16-bit files are read as integers and scaled by 2**-15 here: bit for bit libsndfile's float32
+    if ext == "flac" and subtype == "FLOAT":
+        pytest.skip("FLAC holds integer samples only")
+    rng = np.random.default_rng(1)
+    x = np.clip(rng.standard_normal((3000, 2)) * 0.4, -1, 1).astype(np.float32)
+    x[:4, 0] = [-1.0, 1.0, 0.0, -0.5]  # the extremes of the integer range
+    fn = tmp_path / f"x.{ext}"
+    sf.write(fn, x, 16000, subtype=subtype)
+    store = WaveformStore.build([fn, fn], sample_rate=16000, force_mono=False, progress=False)
+    expected = sf.read(fn, dtype="float32", always_2d=True)[0].T
+    assert np.array_equal(store[1].numpy(), expected)
