@@ -47,8 +47,10 @@ __all__ = ["FLOAT16_ATOL", "FLOAT16_RTOL", "StoreError", "WaveformStore"]
 STORE_VERSION = 1
 # float16's spacing relative to a value (11 significant bits): the rounding error of float16 storage.
 FLOAT16_RTOL, FLOAT16_ATOL = 2.0**-11, 6e-8
-# Files decoded, then resampled as stacks, per step of the build (bounds the build's memory).
-BUILD_CHUNK = 64
+# Files decoded, then resampled as stacks, per step of the build: at most BUILD_CHUNK files and
+# BUILD_SAMPLES samples (8 MB in float32). Bounds the build's memory, and keeps its buffers small
+# enough for the allocator to reuse them (larger ones are fresh pages, zeroed by the OS, every time).
+BUILD_CHUNK, BUILD_SAMPLES = 64, 1 << 21
 DTYPES = ("float16", "float32")
 
 
@@ -280,10 +282,11 @@ class WaveformStore:
             groups = {}
             for row, shape in enumerate(map(tuple, src)):
                 groups.setdefault(shape, []).append(row)
+            step = {shape: max(1, min(BUILD_CHUNK, BUILD_SAMPLES // (shape[1] * shape[2]))) for shape in groups}
             chunks = [
-                (shape, rows[i : i + BUILD_CHUNK])
+                (shape, rows[i : i + step[shape]])
                 for shape, rows in groups.items()
-                for i in range(0, len(rows), BUILD_CHUNK)
+                for i in range(0, len(rows), step[shape])
             ]
 
             def decode(chunk):
@@ -305,7 +308,7 @@ class WaveformStore:
                     job.result()
                 pending = decode(chunks[k + 1]) if k + 1 < len(chunks) else None
                 if pcm16:  # libsndfile's float32 of a 16-bit sample is sample * 2**-15: exact, as here
-                    x = torch.from_numpy(buf).float().mul_(2.0**-15)
+                    x = torch.mul(torch.from_numpy(buf), 2.0**-15, out=torch.empty(buf.shape))
                 else:
                     bad = ~np.isfinite(buf).all(axis=(1, 2))
                     if bad.any():
