@@ -136,7 +136,7 @@ class WaveformStore:
                 f"({', '.join(self.files[r] for r in rows[:3])} ...): use force_mono=True"
             )
         c = int(channels[0])
-        out = np.zeros((len(rows), c, n), dtype=self.data.dtype)
+        out = np.empty((len(rows), c, n), dtype=self.data.dtype)  # each row written once, padding included
         lengths = np.empty(len(rows), dtype=np.int64)
         for b, (row, start) in enumerate(zip(rows.tolist(), np.asarray(starts).tolist())):
             t, o = int(self.nsamples[row]), int(self.offsets[row])
@@ -146,8 +146,10 @@ class WaveformStore:
                 lengths[b] = n
                 continue
             src0, src1 = max(start, 0), min(start + n, t)
-            dst0 = src0 - start
-            out[b, :, dst0 : dst0 + src1 - src0] = clip[:, src0:src1]
+            dst0, dst1 = src0 - start, src1 - start
+            out[b, :, :dst0] = 0
+            out[b, :, dst0:dst1] = clip[:, src0:src1]
+            out[b, :, dst1:] = 0
             lengths[b] = src1 - src0
         return out, lengths
 

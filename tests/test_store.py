@@ -155,3 +155,21 @@ def test_samples_at_the_target_rate_are_stored_as_libsndfile_reads_them(subtype,
     store = WaveformStore.build([fn, fn], sample_rate=16000, force_mono=False, progress=False)
     expected = sf.read(fn, dtype="float32", always_2d=True)[0].T
     assert np.array_equal(store[1].numpy(), expected)
+
+
+@pytest.mark.parametrize("label_col", ["category", "my label"])
+def test_loader_targets_equal_fastais_per_row_items(label_col):
+    # WaveformDL reads targets from named tuples where column names allow it, from pandas rows otherwise
+    import pandas as pd
+    from fastai.data.block import CategoryBlock, DataBlock, RegressionBlock
+    from fastai.data.transforms import ColReader
+
+    from specnorm.loader import _targets
+
+    df = pd.DataFrame({"filename": [f"{i}.wav" for i in range(9)], label_col: list("abcabcaab"), "y": range(9)})
+    block = DataBlock(blocks=(CategoryBlock, RegressionBlock), get_x=ColReader(label_col), get_y=ColReader("y"))
+    dsets = block.datasets(df)
+    for tl in dsets.train.tls:
+        got, expected = _targets(tl), [tl[i] for i in range(len(tl))]
+        assert [type(v) for v in got] == [type(v) for v in expected]
+        assert torch.equal(torch.stack(got), torch.stack(expected))
