@@ -138,7 +138,7 @@ class WaveformStore:
         c = int(channels[0])
         out = np.empty((len(rows), c, n), dtype=self.data.dtype)  # each row written once, padding included
         lengths = np.empty(len(rows), dtype=np.int64)
-        for b, (row, start) in enumerate(zip(rows.tolist(), np.asarray(starts).tolist())):
+        for b, (row, start) in enumerate(zip(rows.tolist(), np.asarray(starts, dtype=np.int64).tolist())):
             t, o = int(self.nsamples[row]), int(self.offsets[row])
             clip = self.data[o : o + c * t].reshape(c, t)
             if pad_mode == "repeat" and t < n:
