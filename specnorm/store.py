@@ -220,8 +220,9 @@ class WaveformStore:
             if not Path(fn).is_file():
                 raise FileNotFoundError(f"audio file not found: {fn}")
         settings = dict(version=STORE_VERSION, sample_rate=sample_rate, force_mono=bool(force_mono), dtype=dtype)
-        key = cls.key(files, settings)
+        key = None  # names the files of a store on disk; a store in memory needs none (a stat per file)
         if folder is not None:
+            key = cls.key(files, settings)
             head = Path(folder) / f"{key}.json"
             if head.is_file():
                 return cls.open(head)
