@@ -51,6 +51,9 @@ FLOAT16_RTOL, FLOAT16_ATOL = 2.0**-11, 6e-8
 # BUILD_SAMPLES samples (8 MB in float32). Bounds the build's memory, and keeps its buffers small
 # enough for the allocator to reuse them (larger ones are fresh pages, zeroed by the OS, every time).
 BUILD_CHUNK, BUILD_SAMPLES = 64, 1 << 21
+# Files of at most SMALL_FILE_SAMPLES samples are read with their header (one open instead of two), up to
+# KEEP_SAMPLES samples held at once (256 MB in float32): short clips cost their file opens above all.
+SMALL_FILE_SAMPLES, KEEP_SAMPLES = 1 << 16, 1 << 26
 DTYPES = ("float16", "float32")
 
 
@@ -236,21 +239,37 @@ class WaveformStore:
         return f"{files_hash}-{sources_hash}"
 
     @staticmethod
-    def _info(fn):
-        "`(rate, channels, frames, pcm16)` of `fn` from its header; `pcm16`: 16-bit integer samples."
+    def _probe(fn, budget):
+        """`((rate, channels, frames, pcm16), samples)` of `fn`; `pcm16`: 16-bit integer samples.
+
+        `samples` (`[frames, channels]`, int16 for 16-bit files, else float32) is read in the same open as
+        the header when the file has at most `SMALL_FILE_SAMPLES` samples and `budget` (a one-element
+        list of samples still allowed, shared by the threads) covers them; None otherwise (read later).
+        """
         try:
-            info = sf.info(fn)
+            with sf.SoundFile(fn) as f:
+                head = (f.samplerate, f.channels, f.frames, int(f.subtype == "PCM_16"))
+                size, samples = f.frames * f.channels, None
+                if 0 < size <= SMALL_FILE_SAMPLES and budget[0] >= size:
+                    budget[0] -= size  # racy between threads by at most one file each: a soft bound
+                    samples = f.read(dtype="int16" if head[3] else "float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
             raise ValueError(f"cannot decode audio file {fn}: {e}") from e
-        if info.frames == 0:
+        if head[2] == 0:
             raise ValueError(f"audio file {fn} has no samples")
-        return info.samplerate, info.channels, info.frames, int(info.subtype == "PCM_16")
+        if samples is not None and samples.shape[0] != head[2]:
+            raise ValueError(f"audio file {fn} is truncated: {samples.shape[0]} of the {head[2]} frames in its header")
+        return head, samples
 
     @staticmethod
-    def _read_into(files, out):
+    def _read_into(files, out, read=()):
         """Decode each of `files` into its row of `out` `[files, frames, channels]`: float32 as
-        `AudioTensor.create` reads it, or int16 (16-bit files: a copy, no conversion in libsndfile)."""
-        for fn, rows in zip(files, out):
+        `AudioTensor.create` reads it, or int16 (16-bit files: a copy, no conversion in libsndfile).
+        `read` holds the samples of files read already (`_probe`), or None for the others."""
+        for fn, rows, samples in zip(files, out, read or [None] * len(files)):
+            if samples is not None:
+                rows[:] = samples
+                continue
             try:
                 got = sf.read(fn, out=rows, dtype=out.dtype.name, always_2d=True)[0].shape[0]
             except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -264,7 +283,11 @@ class WaveformStore:
         n_workers = os.cpu_count() if n_workers is None else n_workers
         device = torch.device("cpu" if device is None else device)
         with ThreadPoolExecutor(max(1, n_workers)) as pool:
-            src = np.array(list(pool.map(cls._info, files)), dtype=np.int64)  # rate, channels, frames, pcm16
+            budget = [KEEP_SAMPLES]
+            probed = list(pool.map(cls._probe, files, [budget] * len(files)))
+            src = np.array([head for head, _ in probed], dtype=np.int64)  # rate, channels, frames, pcm16
+            early = [samples for _, samples in probed]
+            del probed
             rates = src[:, 0] if sample_rate is None else np.full(len(files), sample_rate, dtype=np.int64)
             channels = np.ones(len(files), dtype=np.int64) if force_mono else src[:, 1].copy()
             # the output length of `resample`: ceil(frames * new / orig), in integers
@@ -296,7 +319,17 @@ class WaveformStore:
                 (_, n_ch, frames, pcm16), rows = chunk
                 buf = np.empty((len(rows), frames, n_ch), dtype=np.int16 if pcm16 else np.float32)
                 parts = np.array_split(np.arange(len(rows)), min(len(rows), max(1, n_workers)))
-                jobs = [pool.submit(cls._read_into, [files[rows[i]] for i in p], buf[p[0] : p[-1] + 1]) for p in parts]
+                jobs = [
+                    pool.submit(
+                        cls._read_into,
+                        [files[rows[i]] for i in p],
+                        buf[p[0] : p[-1] + 1],
+                        [early[rows[i]] for i in p],
+                    )
+                    for p in parts
+                ]
+                for row in rows:  # the early samples are copied once the jobs are done; drop them then
+                    early[row] = None
                 return buf, jobs
 
             steps = range(len(chunks))

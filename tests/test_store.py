@@ -173,3 +173,15 @@ def test_loader_targets_equal_fastais_per_row_items(label_col):
         got, expected = _targets(tl), [tl[i] for i in range(len(tl))]
         assert [type(v) for v in got] == [type(v) for v in expected]
         assert torch.equal(torch.stack(got), torch.stack(expected))
+
+
+@pytest.mark.parametrize("small,keep", [(0, 0), (1 << 16, 30000), (1 << 16, 1 << 26)])
+def test_files_read_with_their_header_or_later_give_the_same_store(files, small, keep, monkeypatch):
+    # small files are read in the same open as their header while the budget lasts, the others later
+    import specnorm.store as st
+
+    reference = WaveformStore.build(files, sample_rate=16000, progress=False, n_workers=1)
+    monkeypatch.setattr(st, "SMALL_FILE_SAMPLES", small)
+    monkeypatch.setattr(st, "KEEP_SAMPLES", keep)
+    store = WaveformStore.build(files, sample_rate=16000, progress=False)
+    assert np.array_equal(store.data, reference.data) and np.array_equal(store.offsets, reference.offsets)
