@@ -149,8 +149,9 @@ class _SpecPipe(nn.Module):
         bins, frames = self._shape(length)
         out = rows.new_empty((rows.shape[0], bins, frames))
         step = max(items, 1)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and items:
             step = max(1, CPU_CHUNK_BYTES // max(1, per_item * (self.stft.n_fft // 2 + 1) * frames * 8))
+            step = -(-items // -(-items // step))  # chunks of equal size: 64 items by 63 are 2 chunks of 32
         for i in range(0, items, step):
             part = slice(i * per_item, (i + step) * per_item)
             y = self._power(rows[part], out[part])
