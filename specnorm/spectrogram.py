@@ -50,7 +50,7 @@ def _stft_meta(stft):
 # Bytes of complex STFT output per chunk on the CPU: a chunk's frames, spectrum and power stay in the
 # L2/L3 caches between the steps, where a whole batch (40 MB for 64 clips of 5 s) would go through memory
 # at every step. 64 clips of 5 s at 16 kHz on a 2-core x86 machine, 2 threads: 0.19 ms per clip with 2 to
-# 4 MB chunks, 0.28 with 1 MB, 0.33 with 8 MB, 0.82 as one chunk (1 thread: 0.36, 0.38, 0.42, 0.81).
+# 4 MB chunks, 0.28 with 1 MB, 0.33 with 8 MB, 0.82 as one chunk (1 thread: 0.36, 0.38, 0.42; 16 MB 0.52).
 CPU_CHUNK_BYTES = 2 << 20
 
 
