@@ -89,6 +89,23 @@ def dataset_rows(name, n, seconds, sr_in, device, smoke):
             repeat=repeat,
             warmup=0,
         )
+        # The two halves of a cold epoch, for the breakdown: building the store, then the batch transforms
+        from specnorm.all import AudioTensor, WaveformStore
+
+        timings["of which WaveformStore.build (decode + resample)"] = timeit(
+            lambda: WaveformStore.build(files, sample_rate=SR, progress=False, device=device),
+            device=device,
+            repeat=repeat,
+            warmup=1,
+        )
+        n_samples, tfms = int(SR * seconds), dls.train.after_batch
+        waves = [
+            AudioTensor(torch.from_numpy(dls.train.store.gather(rows, n_samples, np.zeros(len(rows), int))[0]), sr=SR)
+            for rows in np.array_split(np.arange(n), max(1, n // bs))
+        ]
+        timings["of which batch transforms (AudioToSpec, SpecNormalize)"] = timeit(
+            lambda: [tfms(w.to(device)) for w in waves], device=device, repeat=repeat, warmup=1
+        )
         slow = make_dls(df, folder, seconds, device, bs, fast=False)
         timings["get_dls fast=False (per item), 0 workers"] = timeit(
             lambda: epoch(slow), device=device, repeat=1, warmup=1
@@ -164,11 +181,14 @@ def run(device="cpu", smoke=False):
         f"{N_FFT}-point power spectrograms in dB at 16 kHz (specnorm also normalizes), batches of 64; speed-up "
         f"against per-item librosa (`load(sr=16000)` with soxr, `stft`, `power_to_db`) on the same files.\n\n"
         + markdown_table(("pipeline", "clips/s", "vs librosa"), rows)
-        + "\n\nCold includes building the `WaveformStore` in memory (decode in threads, resample stacks of "
-        "equal clips); warm epochs make each batch as one gather of crops from it, so on a CPU they cost what "
-        "the batch transforms cost (`AudioToSpec`'s STFT and dB, `SpecNormalize`), and on a GPU those run on "
-        "the device. With the store, worker processes only add copies: `get_dls` defaults to `num_workers=0` "
-        "on its fast path."
+        + "\n\nCold includes building the `WaveformStore` in memory (decode in threads, 16-bit files as "
+        "integers; resample stacks of equal clips, on the CPU as matrix products over the resampling kernel's "
+        "non-zero band); warm epochs make each batch as one gather of crops from it, so on a CPU they cost "
+        "what the batch transforms cost (`AudioToSpec`'s STFT, power and dB in cache-sized chunks of clips, "
+        "`SpecNormalize`), and on a GPU those run on the device. The 'of which' rows time the two halves of "
+        "a cold epoch alone: the store's build, and the batch transforms over every clip (rate: clips/s of "
+        "that stage alone). With the store, worker processes only add copies: `get_dls` defaults to "
+        "`num_workers=0` on its fast path."
     )
     if device.type == "cuda":
         sync(device)

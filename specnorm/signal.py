@@ -4,9 +4,11 @@
 Resampling is torchaudio's band-limited windowed-sinc interpolation (Hann window, `lowpass_filter_width=6`,
 `rolloff=0.99`, the defaults of `torchaudio.functional.resample`). Its polyphase kernel has one row per
 output phase of the reduced rate ratio, so it is built once per (source rate, target rate, device) and
-reused for every clip while it is small (44.1 -> 16 kHz: 160 phases). For ratios with many phases
-(16000 -> 17001 Hz: 17001 phases, gigabytes) `resample` evaluates the same windowed sinc at each output
-sample's fractional input position instead, in chunks of bounded memory: same filter, same result.
+reused for every clip while it is small (44.1 -> 16 kHz: 160 phases); on the CPU it is applied as matrix
+products over each phase's non-zero taps when that skips most of them (`_BandedResampler`). For ratios
+with many phases (16000 -> 17001 Hz: 17001 phases, gigabytes) `resample` evaluates the same windowed sinc
+at each output sample's fractional input position instead, in chunks of bounded memory: same filter,
+same result.
 Cropping and padding follow fastaudio's `ResizeSignal`, with the duration in milliseconds.
 """
 
@@ -30,6 +32,9 @@ MAX_POLYPHASE_ELEMENTS = 1 << 20
 # Elements of the [rows, outputs, taps] gather the direct path holds at once (16 MB in float32; a chunk
 # peaks at about five such arrays).
 DIRECT_CHUNK_ELEMENTS = 1 << 22
+# Output phases per matrix product of `_BandedResampler` (44.1 -> 16 kHz on x86: 16 measured fastest,
+# 12 and 24 a fifth slower).
+BAND_PHASES = 16
 
 
 class _DirectResampler:
@@ -75,15 +80,66 @@ class _DirectResampler:
         return out.reshape(*shape[:-1], n_out)
 
 
+class _BandedResampler:
+    """torchaudio's polyphase resampling as matrix products over the kernel's non-zero band (CPU).
+
+    torchaudio convolves frames of `2 * width + orig` samples, one every `orig` samples, with one kernel
+    row per output phase; but a phase's windowed sinc is exactly zero outside about `2 * width` of those
+    taps (44.1 -> 16 kHz: 34 of 475). Here the phases go in groups of `BAND_PHASES`, and each group
+    multiplies only the columns where one of its rows is non-zero, the frames being a strided view of
+    the zero-padded signal (no copy). Same products, fewer zeros, summed in another order: equal to
+    torchaudio's result to float32 rounding; 44.1 -> 16 kHz measured 2.4x faster than its `conv1d`.
+    """
+
+    def __init__(self, kernel, width, orig, new):
+        k = kernel[:, 0].cpu()  # [new, 2 * width + orig]
+        cols = torch.arange(k.shape[1])
+        first = torch.where(k != 0, cols, k.shape[1]).amin(1).tolist()
+        last = torch.where(k != 0, cols, -1).amax(1).tolist()
+        self.groups = []
+        for g in range(0, new, BAND_PHASES):
+            lo, hi = min(first[g : g + BAND_PHASES]), max(last[g : g + BAND_PHASES]) + 1
+            self.groups.append((lo, k[g : g + BAND_PHASES, lo:hi].T.contiguous()))
+        self.width, self.orig, self.new, self.span = width, orig, new, k.shape[1]
+
+    @property
+    def useful(self):
+        "Whether it beats the convolution: a band at most a frame step wide (a strided view), half the taps."
+        widths = [w.shape[0] for _, w in self.groups]
+        taps = sum(w.numel() for _, w in self.groups)
+        return max(widths) <= self.orig and 2 * taps <= self.new * self.span
+
+    def __call__(self, x):
+        shape, length = x.shape, x.shape[-1]
+        x = x.reshape(-1, length)
+        n, step = x.shape[0], self.orig
+        per_row = -(-(length + self.span) // step)  # frame starts per signal; its padded length / step
+        # one extra row of zeros keeps the last frames' views inside the buffer
+        padded = x.new_zeros(n + 1, per_row * step)
+        padded[:n, self.width : self.width + length] = x
+        flat = padded.view(-1)
+        out = torch.cat(
+            [flat.as_strided((n * per_row, w.shape[0]), (step, 1), lo) @ w.to(x.dtype) for lo, w in self.groups], 1
+        )
+        n_out = math.ceil(self.new * length / self.orig)
+        return out.view(n, per_row * self.new)[:, :n_out].reshape(*shape[:-1], n_out)
+
+
 @lru_cache(maxsize=32)
 def _resampler(orig_sr, new_sr, device):
-    "The resampler of one rate pair on one device: torchaudio's polyphase kernel where it is small."
+    """The resampler of one rate pair on one device: torchaudio's polyphase kernel where it is small
+    (on the CPU as products over its non-zero band when that is faster), direct evaluation otherwise."""
     g = math.gcd(orig_sr, new_sr)
     orig, new = orig_sr // g, new_sr // g
     width = math.ceil(LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * ROLLOFF))
-    if new * (2 * width + orig) <= MAX_POLYPHASE_ELEMENTS:
-        return T.Resample(orig_sr, new_sr, lowpass_filter_width=LOWPASS_FILTER_WIDTH, rolloff=ROLLOFF).to(device)
-    return _DirectResampler(orig, new, device)
+    if new * (2 * width + orig) > MAX_POLYPHASE_ELEMENTS:
+        return _DirectResampler(orig, new, device)
+    polyphase = T.Resample(orig_sr, new_sr, lowpass_filter_width=LOWPASS_FILTER_WIDTH, rolloff=ROLLOFF)
+    if device.type == "cpu":
+        banded = _BandedResampler(polyphase.kernel, polyphase.width, orig, new)
+        if banded.useful:
+            return banded
+    return polyphase.to(device)
 
 
 def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:

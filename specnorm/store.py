@@ -46,8 +46,13 @@ __all__ = ["FLOAT16_ATOL", "FLOAT16_RTOL", "StoreError", "WaveformStore"]
 STORE_VERSION = 1
 # float16's spacing relative to a value (11 significant bits): the rounding error of float16 storage.
 FLOAT16_RTOL, FLOAT16_ATOL = 2.0**-11, 6e-8
-# Files decoded, then resampled as stacks, per step of the build (bounds the build's memory).
-BUILD_CHUNK = 64
+# Files decoded, then resampled as stacks, per step of the build: at most BUILD_CHUNK files and
+# BUILD_SAMPLES samples (8 MB in float32). Bounds the build's memory, and keeps its buffers small
+# enough for the allocator to reuse them (larger ones are fresh pages, zeroed by the OS, every time).
+BUILD_CHUNK, BUILD_SAMPLES = 64, 1 << 21
+# Files of at most SMALL_FILE_SAMPLES samples are read with their header (one open instead of two), up to
+# KEEP_SAMPLES samples held at once (256 MB in float32): short clips cost their file opens above all.
+SMALL_FILE_SAMPLES, KEEP_SAMPLES = 1 << 16, 1 << 26
 DTYPES = ("float16", "float32")
 
 
@@ -144,9 +149,9 @@ class WaveformStore:
                 f"({', '.join(self.files[r] for r in rows[:3])} ...): use force_mono=True"
             )
         c = int(channels[0])
-        out = np.zeros((len(rows), c, n), dtype=self.data.dtype)
+        out = np.empty((len(rows), c, n), dtype=self.data.dtype)  # each row written once, padding included
         lengths = np.empty(len(rows), dtype=np.int64)
-        for b, (row, start) in enumerate(zip(rows.tolist(), np.asarray(starts).tolist())):
+        for b, (row, start) in enumerate(zip(rows.tolist(), np.asarray(starts, dtype=np.int64).tolist())):
             t, o = int(self.nsamples[row]), int(self.offsets[row])
             clip = self.data[o : o + c * t].reshape(c, t)
             if pad_mode == "repeat" and t < n:
@@ -154,8 +159,10 @@ class WaveformStore:
                 lengths[b] = n
                 continue
             src0, src1 = max(start, 0), min(start + n, t)
-            dst0 = src0 - start
-            out[b, :, dst0 : dst0 + src1 - src0] = clip[:, src0:src1]
+            dst0, dst1 = src0 - start, src1 - start
+            out[b, :, :dst0] = 0
+            out[b, :, dst0:dst1] = clip[:, src0:src1]
+            out[b, :, dst1:] = 0
             lengths[b] = src1 - src0
         return out, lengths
 
@@ -233,8 +240,9 @@ class WaveformStore:
             if not Path(fn).is_file():
                 raise FileNotFoundError(f"audio file not found: {fn}")
         settings = dict(version=STORE_VERSION, sample_rate=sample_rate, force_mono=bool(force_mono), dtype=dtype)
-        key = cls.key(files, settings)
+        key = None  # names the files of a store on disk; a store in memory needs none (a stat per file)
         if folder is not None:
+            key = cls.key(files, settings)
             head = Path(folder) / f"{key}.json"
             if head.is_file():
                 return cls.open(head)
@@ -248,23 +256,43 @@ class WaveformStore:
         return f"{files_hash}-{sources_hash}"
 
     @staticmethod
-    def _info(fn):
-        "`(rate, channels, frames)` of `fn` from its header."
+    def _probe(fn, budget):
+        """`((rate, channels, frames, pcm16), samples)` of `fn`; `pcm16`: 16-bit integer samples.
+
+        `samples` (`[frames, channels]`, int16 for 16-bit files, else float32) is read in the same open as
+        the header when the file has at most `SMALL_FILE_SAMPLES` samples and `budget` (a one-element
+        list of samples still allowed, shared by the threads) covers them; None otherwise (read later).
+        """
         try:
-            info = sf.info(fn)
+            with sf.SoundFile(fn) as f:
+                head = (f.samplerate, f.channels, f.frames, int(f.subtype == "PCM_16"))
+                size, samples = f.frames * f.channels, None
+                if 0 < size <= SMALL_FILE_SAMPLES and budget[0] >= size:
+                    budget[0] -= size  # racy between threads by at most one file each: a soft bound
+                    samples = f.read(dtype="int16" if head[3] else "float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
             raise ValueError(f"cannot decode audio file {fn}: {e}") from e
-        if info.frames == 0:
+        if head[2] == 0:
             raise ValueError(f"audio file {fn} has no samples")
-        return info.samplerate, info.channels, info.frames
+        if samples is not None and samples.shape[0] != head[2]:
+            raise ValueError(f"audio file {fn} is truncated: {samples.shape[0]} of the {head[2]} frames in its header")
+        return head, samples
 
     @staticmethod
-    def _read_into(fn, out):
-        "Decode `fn` into `out` `[frames, channels]` float32, as `AudioTensor.create` reads it."
-        try:
-            sf.read(fn, out=out, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            raise ValueError(f"cannot decode audio file {fn}: {e}") from e
+    def _read_into(files, out, read=()):
+        """Decode each of `files` into its row of `out` `[files, frames, channels]`: float32 as
+        `AudioTensor.create` reads it, or int16 (16-bit files: a copy, no conversion in libsndfile).
+        `read` holds the samples of files read already (`_probe`), or None for the others."""
+        for fn, rows, samples in zip(files, out, read or [None] * len(files)):
+            if samples is not None:
+                rows[:] = samples
+                continue
+            try:
+                got = sf.read(fn, out=rows, dtype=out.dtype.name, always_2d=True)[0].shape[0]
+            except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+                raise ValueError(f"cannot decode audio file {fn}: {e}") from e
+            if got != rows.shape[0]:
+                raise ValueError(f"audio file {fn} is truncated: {got} of the {rows.shape[0]} frames its header gives")
 
     @classmethod
     def _decode_all(cls, files, folder, key, settings, n_workers, progress, device):
@@ -272,7 +300,11 @@ class WaveformStore:
         n_workers = os.cpu_count() if n_workers is None else n_workers
         device = torch.device("cpu" if device is None else device)
         with ThreadPoolExecutor(max(1, n_workers)) as pool:
-            src = np.array(list(pool.map(cls._info, files)), dtype=np.int64)  # rate, channels, frames
+            budget = [KEEP_SAMPLES]
+            probed = list(pool.map(cls._probe, files, [budget] * len(files)))
+            src = np.array([head for head, _ in probed], dtype=np.int64)  # rate, channels, frames, pcm16
+            early = [samples for _, samples in probed]
+            del probed
             rates = src[:, 0] if sample_rate is None else np.full(len(files), sample_rate, dtype=np.int64)
             channels = np.ones(len(files), dtype=np.int64) if force_mono else src[:, 1].copy()
             # the output length of `resample`: ceil(frames * new / orig), in integers
@@ -287,33 +319,63 @@ class WaveformStore:
                 data = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
             else:
                 data = np.empty(total, dtype=dtype)
-            # Files with the same rate, channels and length decode into one buffer and resample as one stack.
+            # Files with the same rate, channels, length and sample type decode into one buffer and resample
+            # as one stack; each chunk's files are split among the threads, and the next chunk decodes
+            # while this one resamples.
             groups = {}
             for row, shape in enumerate(map(tuple, src)):
                 groups.setdefault(shape, []).append(row)
+            step = {shape: max(1, min(BUILD_CHUNK, BUILD_SAMPLES // (shape[1] * shape[2]))) for shape in groups}
             chunks = [
-                (shape, rows[i : i + BUILD_CHUNK])
+                (shape, rows[i : i + step[shape]])
                 for shape, rows in groups.items()
-                for i in range(0, len(rows), BUILD_CHUNK)
+                for i in range(0, len(rows), step[shape])
             ]
+
+            def decode(chunk):
+                (_, n_ch, frames, pcm16), rows = chunk
+                buf = np.empty((len(rows), frames, n_ch), dtype=np.int16 if pcm16 else np.float32)
+                parts = np.array_split(np.arange(len(rows)), min(len(rows), max(1, n_workers)))
+                jobs = [
+                    pool.submit(
+                        cls._read_into,
+                        [files[rows[i]] for i in p],
+                        buf[p[0] : p[-1] + 1],
+                        [early[rows[i]] for i in p],
+                    )
+                    for p in parts
+                ]
+                for row in rows:  # the early samples are copied once the jobs are done; drop them then
+                    early[row] = None
+                return buf, jobs
+
+            steps = range(len(chunks))
             if progress if progress is not None else _progress_wanted():
                 from fastprogress.fastprogress import progress_bar
 
-                chunks = progress_bar(chunks)
-            for (sr, n_ch, frames), rows in chunks:
-                buf = np.empty((len(rows), frames, n_ch), dtype=np.float32)
-                list(pool.map(cls._read_into, [files[r] for r in rows], buf))
-                bad = ~np.isfinite(buf).all(axis=(1, 2))
-                if bad.any():
-                    raise ValueError(f"audio file {files[rows[int(bad.argmax())]]} contains NaN or Inf samples")
-                x = torch.from_numpy(buf).transpose(1, 2)  # [B, C, T]
+                steps = progress_bar(steps)
+            pending = decode(chunks[0])
+            for k in steps:
+                ((sr, n_ch, _, pcm16), rows), (buf, jobs) = chunks[k], pending
+                for job in jobs:
+                    job.result()
+                pending = decode(chunks[k + 1]) if k + 1 < len(chunks) else None
+                if pcm16:  # libsndfile's float32 of a 16-bit sample is sample * 2**-15: exact, as here
+                    x = torch.mul(torch.from_numpy(buf), 2.0**-15, out=torch.empty(buf.shape))
+                else:
+                    bad = ~np.isfinite(buf).all(axis=(1, 2))
+                    if bad.any():
+                        raise ValueError(f"audio file {files[rows[int(bad.argmax())]]} contains NaN or Inf samples")
+                    x = torch.from_numpy(buf)
+                x = x.transpose(1, 2)  # [B, C, T]
                 if force_mono and n_ch > 1:
                     x = x.mean(1, keepdim=True)
                 y = resample(x.to(device), sr, int(rates[rows[0]])).cpu().numpy()
-                peaks = np.abs(y).reshape(len(rows), -1).max(1)
-                if data.dtype == np.float16 and peaks.max() > np.finfo(np.float16).max:
-                    fn = files[rows[int(peaks.argmax())]]
-                    raise ValueError(f"audio file {fn} has samples beyond float16's range: use dtype='float32'")
+                if data.dtype == np.float16:
+                    peaks = np.abs(y).reshape(len(rows), -1).max(1)
+                    if peaks.max() > np.finfo(np.float16).max:
+                        fn = files[rows[int(peaks.argmax())]]
+                        raise ValueError(f"audio file {fn} has samples beyond float16's range: use dtype='float32'")
                 for row, clip in zip(rows, y):
                     data[offsets[row] : offsets[row] + sizes[row]] = clip.ravel()
         store = cls(files, data, offsets, channels, nsamples, rates)

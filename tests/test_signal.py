@@ -12,7 +12,15 @@ import torchaudio.functional as AF
 from conftest import tone, write_audio
 
 from specnorm.audio import AudioTensor
-from specnorm.signal import DownmixMono, Resample, ResizeSignal, _DirectResampler, _resampler, resample
+from specnorm.signal import (
+    DownmixMono,
+    Resample,
+    ResizeSignal,
+    _BandedResampler,
+    _DirectResampler,
+    _resampler,
+    resample,
+)
 
 
 def test_resampled_tone_keeps_its_frequency(device):
@@ -86,6 +94,26 @@ def test_bad_arguments_and_empty_signals():
         ResizeSignal(0)
     with pytest.raises(ValueError, match="empty signal"):
         ResizeSignal(10)(AudioTensor(torch.zeros(1, 0), sr=1000))
+
+
+@pytest.mark.parametrize("orig,new", [(44100, 16000), (22050, 16000), (48000, 44100), (44100, 8000)])
+@pytest.mark.parametrize("length", [1, 440, 441, 22050, 22051])
+def test_banded_products_equal_torchaudio_convolution(orig, new, length):
+    """The CPU path over the kernel's non-zero band is torchaudio's resampling, to float32 rounding: both
+    are within 1e-4 of each other (the float32 kernel's rounding), and ours is no farther from the float64 result."""
+    x = torch.randn(3, 2, length, generator=torch.Generator().manual_seed(length))
+    resampler = _resampler(orig, new, torch.device("cpu"))
+    assert isinstance(resampler, _BandedResampler)
+    out, expected = resample(x, orig, new), AF.resample(x, orig, new)
+    exact = AF.resample(x.double(), orig, new)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    assert (out.double() - exact).abs().max() <= (expected.double() - exact).abs().max() * 1.1 + 1e-7
+
+
+def test_banded_products_only_where_they_pay():
+    # upsampling by 2: a frame step of one sample, no zero taps to skip: torchaudio's convolution
+    assert not isinstance(_resampler(8000, 16000, torch.device("cpu")), _BandedResampler)
 
 
 @pytest.mark.parametrize("orig,new", [(44100, 16000), (22050, 16000), (8000, 16000), (48000, 44100)])

@@ -109,3 +109,41 @@ def test_overflowing_samples_are_reported_by_check():
     with pytest.raises(ValueError, match=r"AudioToSpec: 1 of the 2 batches .*batch 1 .*shape \(2, 1, 33, 26\)"):
         a2s.check()
     a2s.check()  # reported once
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(n_fft=400),
+        dict(n_fft=255, hop_length=100, top_db=60.0),
+        dict(n_fft=256, center=False, power=1.0),
+        dict(n_fft=256, win_length=201, hop_length=64, pad_mode="constant"),
+        dict(n_fft=256, win_length=200, hop_length=64),
+        dict(n_fft=256, normalized=True),
+        dict(mel=True, n_fft=512, n_mels=32, top_db=40.0),
+        dict(to_db=False, n_fft=128),
+    ],
+)
+def test_chunks_equal_torchaudio_on_the_whole_batch(settings, monkeypatch):
+    # a chunk of one item: every batch crosses chunk boundaries; top_db stays per item
+    import specnorm.spectrogram as sp
+
+    monkeypatch.setattr(sp, "CPU_CHUNK_BYTES", 1)
+    settings = dict(settings)
+    mel, to_db, top_db = settings.pop("mel", False), settings.pop("to_db", True), settings.get("top_db")
+    x = torch.randn(5, 2, 4001) * torch.logspace(-3, 1, 5)[:, None, None]
+    spec = (T.MelSpectrogram if mel else T.Spectrogram)(**{k: v for k, v in settings.items() if k != "top_db"})
+    reference = spec(x)
+    if to_db:
+        stype = "magnitude" if settings.get("power") == 1.0 else "power"
+        reference = T.AmplitudeToDB(stype=stype, top_db=top_db)(reference)
+    a2s = AudioToSpec(mel=mel, to_db=to_db, **settings)
+    torch.testing.assert_close(a2s(AudioTensor(x, sr=16000)).as_subclass(torch.Tensor), reference)
+    torch.testing.assert_close(a2s(AudioTensor(x[3], sr=16000)).as_subclass(torch.Tensor), reference[3])
+    assert a2s(AudioTensor(x, sr=16000)).is_contiguous()
+
+
+def test_gradients_flow_through_torchaudio():
+    x = torch.randn(2, 1, 2000, requires_grad=True)
+    AudioToSpec(n_fft=256)(AudioTensor(x, sr=16000)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -139,3 +139,49 @@ def test_take_on_a_device_equals_gather(files, pad_mode, device):
     assert got.device.type == device.type and got.dtype == torch.float32
     np.testing.assert_array_equal(got.cpu().numpy(), expected)
     np.testing.assert_array_equal(got_lengths, lengths)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_samples_at_the_target_rate_are_stored_as_libsndfile_reads_them(subtype, ext, tmp_path):
+    # 16-bit files are read as integers and scaled by 2**-15 here: bit for bit libsndfile's float32
+    if ext == "flac" and subtype == "FLOAT":
+        pytest.skip("FLAC holds integer samples only")
+    rng = np.random.default_rng(1)
+    x = np.clip(rng.standard_normal((3000, 2)) * 0.4, -1, 1).astype(np.float32)
+    x[:4, 0] = [-1.0, 1.0, 0.0, -0.5]  # the extremes of the integer range
+    fn = tmp_path / f"x.{ext}"
+    sf.write(fn, x, 16000, subtype=subtype)
+    store = WaveformStore.build([fn, fn], sample_rate=16000, force_mono=False, progress=False)
+    expected = sf.read(fn, dtype="float32", always_2d=True)[0].T
+    assert np.array_equal(store[1].numpy(), expected)
+
+
+@pytest.mark.parametrize("label_col", ["category", "my label"])
+def test_loader_targets_equal_fastais_per_row_items(label_col):
+    # WaveformDL reads targets from named tuples where column names allow it, from pandas rows otherwise
+    import pandas as pd
+    from fastai.data.block import CategoryBlock, DataBlock, RegressionBlock
+    from fastai.data.transforms import ColReader
+
+    from specnorm.loader import _targets
+
+    df = pd.DataFrame({"filename": [f"{i}.wav" for i in range(9)], label_col: list("abcabcaab"), "y": range(9)})
+    block = DataBlock(blocks=(CategoryBlock, RegressionBlock), get_x=ColReader(label_col), get_y=ColReader("y"))
+    dsets = block.datasets(df)
+    for tl in dsets.train.tls:
+        got, expected = _targets(tl), [tl[i] for i in range(len(tl))]
+        assert [type(v) for v in got] == [type(v) for v in expected]
+        assert torch.equal(torch.stack(got), torch.stack(expected))
+
+
+@pytest.mark.parametrize("small,keep", [(0, 0), (1 << 16, 30000), (1 << 16, 1 << 26)])
+def test_files_read_with_their_header_or_later_give_the_same_store(files, small, keep, monkeypatch):
+    # small files are read in the same open as their header while the budget lasts, the others later
+    import specnorm.store as st
+
+    reference = WaveformStore.build(files, sample_rate=16000, progress=False, n_workers=1)
+    monkeypatch.setattr(st, "SMALL_FILE_SAMPLES", small)
+    monkeypatch.setattr(st, "KEEP_SAMPLES", keep)
+    store = WaveformStore.build(files, sample_rate=16000, progress=False)
+    assert np.array_equal(store.data, reference.data) and np.array_equal(store.offsets, reference.offsets)
