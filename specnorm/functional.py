@@ -150,9 +150,12 @@ def _to(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 class FiniteCheck:
     """Deferred NaN/Inf detection for a transform: device-side marks per batch, read only in `check()`.
 
-    `update(y)` queues one reduction per batch, `torch.aminmax(y)`, whose two values are finite exactly when
-    `y` holds no NaN and no Inf (no sum that could overflow on large finite values; one read of `y`, faster
-    than a norm on the CPU): no host read, no device sync.
+    `update(y)` queues one reduction per batch: with `reduction='minmax'` (the default) `torch.aminmax(y)`,
+    whose two values are finite exactly when `y` holds no NaN and no Inf (no sum that could overflow on large
+    finite values); with `reduction='sum'`, `y.sum()`, about three times cheaper on the CPU, for outputs whose
+    magnitude is known to stay far below float32's range (standardized values): its sum is non-finite when
+    `y` holds NaN or Inf, or finite values whose sum overflows (magnitudes near 3.4e38 / their count), and
+    the message says both. Either way no host read, no device sync.
     Marks are folded into a first-bad-batch index and a bad-batch count every `fold_every` batches
     (a few small kernels). `check()` reads them (one host sync, where training already syncs: the
     `CheckFinite` callback calls it after each epoch and validation) and raises a `ValueError` naming the
@@ -163,6 +166,7 @@ class FiniteCheck:
         what (str): what a bad batch holds, for the message. NaN or Inf outputs come from NaN or Inf
             inputs, or from finite values too large for the output's dtype (e.g. 3e38 minus -3e38).
         fold_every (int): batches between folds of the marks.
+        reduction (str): `'minmax'` (exact) or `'sum'` (cheaper; see above).
 
     Example:
         >>> import torch
@@ -176,8 +180,12 @@ class FiniteCheck:
         MyTransform: 1 of the 2 batches ... held NaN or Inf outputs; the first is batch 1 (...) of shape (2,)
     """
 
-    def __init__(self, who: str, what: str = "NaN or Inf outputs", fold_every: int = 256):
-        self.who, self.what, self.fold_every = who, what, fold_every
+    def __init__(self, who: str, what: str = "NaN or Inf outputs", fold_every: int = 256, reduction: str = "minmax"):
+        if reduction not in ("minmax", "sum"):
+            raise ValueError(f"reduction must be 'minmax' or 'sum', got {reduction!r}")
+        if reduction == "sum":
+            what += " (or finite outputs so large that their sum overflows float32)"
+        self.who, self.what, self.fold_every, self.reduction = who, what, fold_every, reduction
         self.reset()
 
     def __getstate__(self):  # pickled (Learner.export) without marks: they may live on a device the loader lacks
@@ -195,7 +203,13 @@ class FiniteCheck:
         y = y.as_subclass(Tensor)
         if (self._marks and self._marks[0][0].device != y.device) or len(self._marks) >= self.fold_every:
             self._fold()
-        mark = torch.aminmax(y.detach()) if y.numel() else (y.new_zeros(()),) * 2
+        if not y.numel():
+            mark = (y.new_zeros(()),) * 2
+        elif self.reduction == "sum":
+            total = y.detach().sum()
+            mark = (total, total)
+        else:
+            mark = torch.aminmax(y.detach())
         if invalid is not None:
             mark = (torch.where(invalid, float("nan"), mark[0]), mark[1])
         self._marks.append(mark)
@@ -290,7 +304,8 @@ def normalize(x: Tensor, mean: Tensor | float, std: Tensor | float, eps: float =
     """
     x = _float(x)
     scale, shift = affine_params(torch.as_tensor(mean), torch.as_tensor(std), eps)
-    return torch.addcmul(_to(shift, x, x.dtype), x, _to(scale, x, x.dtype))
+    # Multiply, then add in place: half the time of a broadcasting addcmul on the CPU, with the same roundings.
+    return torch.mul(x, _to(scale, x, x.dtype)).add_(_to(shift, x, x.dtype))
 
 
 def denormalize(y: Tensor, mean: Tensor | float, std: Tensor | float, eps: float = SPEC_STD_EPS) -> Tensor:
@@ -305,7 +320,7 @@ def denormalize(y: Tensor, mean: Tensor | float, std: Tensor | float, eps: float
     y = _float(y)
     mean, std = torch.broadcast_tensors(torch.as_tensor(mean).double(), torch.as_tensor(std).double())
     std = floor_std(mean, std, eps).clamp_min(1 / torch.finfo(torch.float32).max)
-    return torch.addcmul(_to(mean.float(), y, y.dtype), y, _to(std.float(), y, y.dtype))
+    return torch.mul(y, _to(std.float(), y, y.dtype)).add_(_to(mean.float(), y, y.dtype))
 
 
 def standardize(

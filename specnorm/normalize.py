@@ -156,7 +156,9 @@ class SpecNormalize(Normalize):
         self.progress, self.check_finite = progress, check_finite
         self._mean = self._std = None
         self._cache = {}
-        self.finite = FiniteCheck(type(self).__name__)
+        # Standardized outputs sit many orders of magnitude below float32's range, so a sum (a third of the
+        # cost of a min-max on the CPU) detects NaN/Inf; an overflowing sum is reported as what it is.
+        self.finite = FiniteCheck(type(self).__name__, reduction="sum")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (then setups computes them)")
         if mean is not None:
@@ -328,8 +330,8 @@ class SpecNormalize(Normalize):
         scale, shift = self._params(batch, decode)
         if isinstance(scale, float):
             y = torch.add(shift, batch, alpha=scale)
-        else:
-            y = torch.addcmul(shift, batch, scale)
+        else:  # multiply, then add in place: half the time of a broadcasting addcmul on the CPU, same roundings
+            y = torch.mul(batch, scale).add_(shift)
         y = y if t.ndim == 4 else y[0]
         mask = None if decode else valid_mask(x)
         if mask is not None:  # padded frames: 0, the standardized floor (they are masked out of the statistics)

@@ -319,3 +319,23 @@ def test_the_guard_sees_a_host_read_in_a_check():
         norm(spec("cpu"))
         with pytest.raises(HostReadError):
             norm.check()  # the check is where the one host read happens, by design
+
+
+@pytest.mark.parametrize("reduction", ["minmax", "sum"])
+def test_finite_check_reductions_find_nan_and_inf_and_say_what_they_found(reduction):
+    fc = F.FiniteCheck("T", reduction=reduction)
+    fc.update(torch.full((1000,), 1e3))  # finite, far from overflow: fine either way
+    fc.update(torch.tensor([1.0, float("inf"), float("-inf")]))  # +inf and -inf: a sum gives NaN, still caught
+    fc.update(torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match=r"T: 2 of the 3 batches .*; the first is batch 1 .* of shape \(3,\)") as e:
+        fc.check()
+    assert ("sum overflows" in str(e.value)) == (reduction == "sum")
+    big = torch.full((1000,), 1e36)  # finite values whose float32 sum overflows: only the sum reports them
+    fc.update(big)
+    if reduction == "sum":
+        with pytest.raises(ValueError, match="sum overflows float32"):
+            fc.check()
+    else:
+        fc.check()
+    with pytest.raises(ValueError, match="reduction"):
+        F.FiniteCheck("T", reduction="norm")
