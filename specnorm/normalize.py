@@ -277,7 +277,7 @@ class SpecNormalize(Normalize):
 
     # -- device cache --------------------------------------------------------------------------
     def _params(self, x, decode=False):
-        "(scale, shift) for `x`: python floats for one global value, else tensors expanded to `x`'s shape."
+        "(scale, shift) for `x`: python floats for one global value, else statistic-shaped tensors on `x`'s device."
         if not self.has_stats:
             raise ValueError(
                 "SpecNormalize has no statistics: pass mean and std, use from_stats/from_dls, "
@@ -298,17 +298,15 @@ class SpecNormalize(Normalize):
                     f"but the batch has shape {tuple(x.shape)}: dim {d} has {x.shape[d]}, not {n}. "
                     "Were they computed with the same spectrogram settings?"
                 )
-        # Expanded once to the batch's trailing shape: the kernel then streams contiguous operands
-        # (measured 1.5x faster on CPU than broadcasting [1,1,F,1] along time).
-        key = (decode, x.device, x.dtype, tuple(x.shape[1:]))
+        # Statistic-shaped ([1, 1, F, 1]) and broadcast by the multiply and the add: on the CPU that is faster
+        # than operands expanded to the batch's shape, which cost a read of their own (measured 1.55x vs 2.1x a
+        # clone of [64, 1, 201, 401]).
+        key = (decode, x.device, x.dtype)
         if key not in self._cache:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
-            shape = (1,) + tuple(x.shape[1:])
-            # Expanded on the CPU, then one host-to-device copy that does not wait for the device (no sync).
-            self._cache[key] = tuple(
-                v.to(dtype=x.dtype).expand(shape).contiguous().to(x.device, non_blocking=True) for v in (scale, shift)
-            )
+            # One host-to-device copy that does not wait for the device (no sync).
+            self._cache[key] = tuple(v.to(dtype=x.dtype).to(x.device, non_blocking=True) for v in (scale, shift))
         return self._cache[key]
 
     def check(self) -> None:
