@@ -261,7 +261,19 @@ class ChangeVolume(ChangeVolumeGPU):
     per_item = False
 
 
-class SignalCutoutGPU(_Augment):
+class _CutAugment(_Augment):
+    "Silences a share of each item between `min_cut_pct` and `max_cut_pct` (`SignalCutoutGPU`, `SignalLossGPU`)."
+
+    per_item = True
+
+    def __init__(self, p: float = 0.5, min_cut_pct: float = 0.0, max_cut_pct: float = 0.15):
+        if not 0 <= min_cut_pct <= max_cut_pct <= 1:
+            raise ValueError(f"need 0 <= min_cut_pct <= max_cut_pct <= 1, got {min_cut_pct}, {max_cut_pct}")
+        super().__init__(p=p)
+        self.min_cut_pct, self.max_cut_pct = min_cut_pct, max_cut_pct
+
+
+class SignalCutoutGPU(_CutAugment):
     """Silence one contiguous region of each item (all channels) with probability `p`; the region's length
     is uniform in `[min_cut_pct, max_cut_pct]` of the signal.
 
@@ -273,14 +285,6 @@ class SignalCutoutGPU(_Augment):
         >>> int((out == 0).sum())
         100
     """
-
-    per_item = True
-
-    def __init__(self, p: float = 0.5, min_cut_pct: float = 0.0, max_cut_pct: float = 0.15):
-        if not 0 <= min_cut_pct <= max_cut_pct <= 1:
-            raise ValueError(f"need 0 <= min_cut_pct <= max_cut_pct <= 1, got {min_cut_pct}, {max_cut_pct}")
-        super().__init__(p=p)
-        self.min_cut_pct, self.max_cut_pct = min_cut_pct, max_cut_pct
 
     def _augment(self, batch, like):
         n, _, s = batch.shape
@@ -300,7 +304,7 @@ class SignalCutout(SignalCutoutGPU):
         super().__init__(p=p, min_cut_pct=0.0, max_cut_pct=max_cut_pct)
 
 
-class SignalLossGPU(_Augment):
+class SignalLossGPU(_CutAugment):
     """Silence scattered samples: each item, with probability `p`, loses each sample (the same across its
     channels) with a probability uniform in `[min_cut_pct, max_cut_pct]`.
 
@@ -312,14 +316,6 @@ class SignalLossGPU(_Augment):
         >>> round((out == 0).float().mean().item(), 1)
         0.2
     """
-
-    per_item = True
-
-    def __init__(self, p: float = 0.5, min_cut_pct: float = 0.0, max_cut_pct: float = 0.15):
-        if not 0 <= min_cut_pct <= max_cut_pct <= 1:
-            raise ValueError(f"need 0 <= min_cut_pct <= max_cut_pct <= 1, got {min_cut_pct}, {max_cut_pct}")
-        super().__init__(p=p)
-        self.min_cut_pct, self.max_cut_pct = min_cut_pct, max_cut_pct
 
     def _augment(self, batch, like):
         n, _, s = batch.shape
