@@ -640,21 +640,31 @@ def instance_norm(
 
 
 # -- sliding windows -------------------------------------------------------------------------------------
-def _bounds(n_frames: int, window: int, center: bool, min_window: int) -> tuple[np.ndarray, np.ndarray]:
-    "The window rules of the `sliding` module docstring, as int64 numpy arrays (host metadata, not data)."
-    if window < 1 or min_window < 1:
-        raise ValueError(f"window and min_window must be at least 1 frame, not {window} and {min_window}")
-    t = np.arange(n_frames, dtype=np.int64)
+def window_edges(
+    t: np.ndarray | Tensor, n: int | np.ndarray | Tensor, window: int, center: bool, min_window: int
+) -> tuple[np.ndarray | Tensor, np.ndarray | Tensor]:
+    """The window rules of the `sliding` module docstring, elementwise: frame `t` of a clip of `n` frames is
+    normalized over frames `[start, end)`. `t` (and `n`) are int64 numpy arrays (the host layout of
+    `sliding_norm`) or torch tensors (per-clip windows of `sliding.padded_sliding_norm`, on the device)."""
+    if isinstance(t, np.ndarray):
+        low, high = np.maximum, np.minimum
+    else:
+        low, high = (lambda a, m: a.clamp(min=m)), (lambda a, m: a.clamp(max=m))
     if center:
         start = t - window // 2
-        end = start + window
-        end = end - np.minimum(start, 0)  # shift right to start at frame 0
+        end = start + window - high(start, 0)  # shifted right to start at frame 0
     else:
-        start = t - window
-        end = np.maximum(t + 1, min_window)  # at the start: look ahead to min_window frames
-    start = np.maximum(start, 0)
-    overflow = np.maximum(end - n_frames, 0)
-    return np.maximum(start - overflow, 0), end - overflow  # shift left to end at the last frame
+        start, end = t - window, low(t + 1, min_window)  # at the start: look ahead to min_window frames
+    start = low(start, 0)
+    overflow = low(end - n, 0)
+    return low(start - overflow, 0), end - overflow  # shifted left to end at the clip's last frame
+
+
+def _bounds(n_frames: int, window: int, center: bool, min_window: int) -> tuple[np.ndarray, np.ndarray]:
+    "`window_edges` of every frame of a clip of `n_frames`, as int64 numpy arrays (host metadata, not data)."
+    if window < 1 or min_window < 1:
+        raise ValueError(f"window and min_window must be at least 1 frame, not {window} and {min_window}")
+    return window_edges(np.arange(n_frames, dtype=np.int64), n_frames, window, center, min_window)
 
 
 def window_bounds(

@@ -74,6 +74,7 @@ from .functional import (
     short_time_rms,
     sliding_norm,
     window_bounds,
+    window_edges,
 )
 
 __all__ = [
@@ -84,18 +85,6 @@ __all__ = [
     "sliding_norm",
     "window_bounds",
 ]
-
-
-def _clip_bounds(u, n, window, center, min_window):
-    "`_bounds` of the module docstring for frame `u` of a clip of `n` frames, elementwise on int64 tensors."
-    if center:
-        start = u - window // 2
-        end = start + window - start.clamp(max=0)  # shifted right to start at frame 0
-    else:
-        start, end = u - window, (u + 1).clamp(min=min_window)  # at the start: look ahead to min_window frames
-    start = start.clamp(min=0)
-    overflow = (end - n).clamp(min=0)
-    return (start - overflow).clamp(min=0), end - overflow  # shifted left to end at the clip's last frame
 
 
 def padded_sliding_norm(
@@ -139,7 +128,7 @@ def padded_sliding_norm(
     )
     u = torch.arange(n_frames, device=dev) - pad_before  # frame index within the clip, [B, T]
     valid = (u >= 0) & (u < lengths)
-    start, end = _clip_bounds(u, lengths, window, center, min_window)
+    start, end = window_edges(u, lengths, window, center, min_window)
     start, end = ((b + pad_before).clamp(0, n_frames) for b in (start, end))
     lead = x.ndim - 2
     shape = (valid.shape[0],) + (1,) * lead + (n_frames,)
