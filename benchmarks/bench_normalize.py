@@ -48,6 +48,7 @@ def run(device="cpu", smoke=False):
         f"### SpecNormalize, {device}\n\nFloat32 spectrogram batches: time of each normalization as a multiple "
         f"of `x.clone()` on the same batch (a memory copy, the memory-bound limit; 1.00x is as fast as a copy, "
         f"lower is better). fastai's `Normalize` computes `(x - mean) / std` on a `TensorImage`; SpecNormalize "
-        f"is one multiply-add pass, plus, unless `check_finite=False`, one sum of the output whose result stays on "
+        f"is one multiply-add pass (`torch.add` with scalars for global statistics, `functional.affine`, a fused "
+        f"batch-norm kernel, per row), plus, unless `check_finite=False`, one sum of the output whose result stays on "
         f"the device (the deferred NaN/Inf check, `FiniteCheck(reduction='sum')`; no host sync).\n\n" + table
     )

@@ -32,6 +32,7 @@ from .functional import (
     GLOBAL_AXES,
     SPEC_STD_EPS,
     FiniteCheck,
+    affine,
     affine_params,
     check_axes,
     check_eps,
@@ -328,8 +329,8 @@ class SpecNormalize(Normalize):
         scale, shift = self._params(batch, decode)
         if isinstance(scale, float):
             y = torch.add(shift, batch, alpha=scale)
-        else:  # multiply, then add in place: half the time of a broadcasting addcmul on the CPU, same roundings
-            y = torch.mul(batch, scale).add_(shift)
+        else:
+            y = affine(batch, scale, shift)
         y = y if t.ndim == 4 else y[0]
         mask = None if decode else valid_mask(x)
         if mask is not None:  # padded frames: 0, the standardized floor (they are masked out of the statistics)

@@ -1,5 +1,6 @@
 """specnorm.functional: no fastai import, float64 references, and no host reads in any hot path, first call included."""
 
+import math
 import pickle
 import subprocess
 import sys
@@ -122,6 +123,40 @@ def test_normalize_and_denormalize_against_float64():
     # the floor: a constant channel maps to 0, an all-zero one is only centred
     assert F.normalize(torch.full((4,), -50.0), -50.0, 0.0).abs().max() == 0
     assert torch.equal(F.normalize(torch.zeros(4), 0.0, 0.0), torch.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "shape, stats, layout",
+    [
+        ((4, 1, 20, 30), (1, 1, 20, 1), "contiguous"),  # per frequency row: the fused pass
+        ((4, 2, 20, 30), (1, 2, 20, 1), "contiguous"),  # per channel and row
+        ((4, 2, 20, 30), (1, 2, 1, 1), "contiguous"),  # per channel
+        ((4, 1, 20, 30), (), "contiguous"),  # one value
+        ((0, 1, 20, 30), (1, 1, 20, 1), "contiguous"),  # an empty batch
+        ((20, 30), (20, 1), "contiguous"),  # an item without batch dims
+        ((4, 2, 20, 30), (1, 2, 1, 30), "contiguous"),  # dims that are not adjacent: the multiply-add
+        ((4, 1, 30, 20), (1, 1, 20, 1), "transposed"),  # a view that is not contiguous: the multiply-add
+    ],
+)
+def test_affine_is_one_rounding_from_float64(shape, stats, layout, device):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=g) * 30 - 50).to(device)
+    if layout == "transposed":
+        x = x.transpose(-1, -2)
+    scale = (torch.rand(stats, generator=g) * 4 + 0.01).to(device)
+    shift = (torch.randn(stats, generator=g) * 10).to(device)
+    with no_host_reads():
+        y = F.affine(x, scale, shift)
+    ref = x.double() * scale.double() + shift.double()
+    assert y.shape == x.shape and y.dtype == x.dtype
+    # within two float32 roundings of the exact value (a multiply-add, fused or not)
+    tol = 2 * torch.finfo(torch.float32).eps * (x.double() * scale.double()).abs().add(shift.double().abs())
+    assert ((y.double() - ref).abs() <= tol + 1e-30).all()
+    # NaN and Inf go through to the output, where FiniteCheck finds them
+    if x.numel():
+        x[(0,) * x.ndim], x[(-1,) * x.ndim] = math.nan, math.inf
+        y = F.affine(x, scale, shift)
+        assert y[(0,) * x.ndim].isnan() and y[(-1,) * x.ndim].isinf()
 
 
 def test_standardize_against_float64():
