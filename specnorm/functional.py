@@ -49,6 +49,7 @@ __all__ = [
     "denormalize",
     "floor_std",
     "gaussian_kl",
+    "has_padding",
     "instance_norm",
     "lengths_to_mask",
     "moments",
@@ -594,9 +595,29 @@ def padding_of(x: Tensor) -> tuple[Tensor | int | None, Tensor | int]:
     return lengths, getattr(x, "pad_before", 0)
 
 
+def has_padding(x: Tensor) -> bool:
+    """Whether `x` may hold padded positions: it carries `lengths` that describe it (`padding_of`), other
+    than lengths marked as covering every clip (`x.unpadded is x.lengths`).
+
+    The loaders know each batch's lengths on the host when they make it; when no clip is padded they set
+    `unpadded` to the batch's `lengths` object, so the transforms skip their masking passes. Lengths
+    assigned later are another object, and are masked as usual. Metadata only: no host read.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import has_padding
+        >>> x = torch.zeros(2, 1, 5)
+        >>> x.lengths = torch.tensor([5, 5])
+        >>> has_padding(x), setattr(x, "unpadded", x.lengths), has_padding(x)
+        (True, None, False)
+    """
+    lengths, _ = padding_of(x)
+    return lengths is not None and lengths is not getattr(x, "unpadded", None)
+
+
 def valid_mask(x: Tensor) -> Tensor | None:
     """The bool mask of `x`'s valid (unpadded) positions along its last axis, from its `lengths` and
-    `pad_before` attributes (None without `lengths`), shaped to broadcast to `x`: `[B, 1, ..., T]` for a
+    `pad_before` attributes (None without `lengths`, or when they are marked unpadded: `has_padding`), shaped to broadcast to `x`: `[B, 1, ..., T]` for a
     batch (`lengths` a 1-d tensor), `[1, ..., T]` for an item (`lengths` a number). Made on `x`'s device
     with no host read.
 
@@ -609,9 +630,9 @@ def valid_mask(x: Tensor) -> Tensor | None:
         tensor([[0, 1, 1, 0, 0],
                 [1, 1, 1, 1, 1]], dtype=torch.int32)
     """
-    lengths, pad_before = padding_of(x)
-    if lengths is None:
+    if not has_padding(x):
         return None
+    lengths, pad_before = padding_of(x)
     n = x.shape[-1]
     batched = isinstance(lengths, Tensor) and lengths.ndim == 1  # shape metadata: no host read
     mask = lengths_to_mask(lengths, n, pad_before)

@@ -4,7 +4,9 @@
 Both give batches `(AudioTensor [B, C, T], targets...)` whose `AudioTensor` carries `lengths`, an int64
 tensor `[B]` (on the batch's device) of each clip's valid samples before padding, and `pad_before`, the
 zeros before them (`'zeros'` padding splits them before and after), so later transforms can mask the
-padding; a clip cropped or repeated to the target length is valid throughout. Both copy batches
+padding; a clip cropped or repeated to the target length is valid throughout. A batch in which every clip
+is valid throughout is marked (`x.unpadded is x.lengths`, `functional.has_padding`), so the transforms skip
+their masking passes. Both copy batches
 to the device with `non_blocking=True` (asynchronous from pinned memory, `pin_memory=True`).
 
 `WaveformDL` replaces fastai's per-item pipeline (open, decode, resample, downmix, crop, collate) by one
@@ -35,7 +37,18 @@ def _to_device(o, device):
         v = getattr(o, name, None)
         if isinstance(v, torch.Tensor):
             setattr(y, name, v.to(device, non_blocking=True))
+    if getattr(o, "lengths", None) is not None and getattr(o, "unpadded", None) is o.lengths:
+        y.unpadded = y.lengths  # still every clip full
     return y
+
+
+def _with_lengths(x, lengths, pad_before, full: bool):
+    """Attach a batch's `lengths` and `pad_before`; when `full` (every clip fills the batch, known on the
+    host where the batch is made) mark them so the transforms skip their masking passes (`has_padding`)."""
+    x.lengths, x.pad_before = lengths, pad_before
+    if full:
+        x.unpadded = lengths
+    return x
 
 
 def _pad_before(lengths, starts, n):
@@ -82,10 +95,14 @@ class AudioDL(TfmdDL):
                 f"a batch mixes sample rates {rates} Hz: pass sample_rate= (get_dls, AudioBlock) to resample to one"
             )
         res = super().create_batch(b)
-        lengths = torch.tensor([getattr(x, "lengths", x.shape[-1]) for x in xs], dtype=torch.int64)
         x = res[0] if isinstance(res, tuple) else res
-        x.lengths = lengths
-        x.pad_before = torch.tensor([getattr(it, "pad_before", 0) for it in xs], dtype=torch.int64)
+        lengths = [getattr(it, "lengths", it.shape[-1]) for it in xs]
+        _with_lengths(
+            x,
+            torch.tensor(lengths, dtype=torch.int64),
+            torch.tensor([getattr(it, "pad_before", 0) for it in xs], dtype=torch.int64),
+            full=isinstance(lengths[0], int) and all(n == x.shape[-1] for n in lengths),
+        )
         return res
 
     def __iter__(self):
@@ -216,16 +233,18 @@ class WaveformDL(AudioDL):
         starts, ys = self.starts(idx, t, n), [y[torch.from_numpy(idx)] for y in self.ys]
         if self.on_device and self.device is not None and not self.after_item.fs and get_worker_info() is None:
             data, lengths = self.store.take(self.store.samples_on(self.device), rows, n, starts, self.pad_mode)
+            full = bool((lengths == n).all())  # numpy, on the host
             lengths, before = (
                 torch.from_numpy(v).to(data.device, non_blocking=True)
                 for v in (lengths, _pad_before(lengths, starts, n))
             )
-            return (AudioTensor(data, sr=sr, lengths=lengths, pad_before=before), *ys)
+            return (_with_lengths(AudioTensor(data, sr=sr), lengths, before, full), *ys)
         data, lengths = self.store.gather(rows, n, starts, self.pad_mode)
         before = _pad_before(lengths, starts, n)
         if not self.after_item.fs:
-            lengths, before = torch.from_numpy(lengths), torch.from_numpy(before)
-            return (AudioTensor(torch.from_numpy(data), sr=sr, lengths=lengths, pad_before=before), *ys)
+            full = bool((lengths == n).all())
+            x = AudioTensor(torch.from_numpy(data), sr=sr)
+            return (_with_lengths(x, torch.from_numpy(lengths), torch.from_numpy(before), full), *ys)
         data = torch.from_numpy(data).float()
         items = [
             self.after_item(

@@ -70,6 +70,7 @@ from .functional import (
     FiniteCheck,
     _accumulator_dtype,
     check_eps,
+    has_padding,
     padding_of,
     short_time_rms,
     sliding_norm,
@@ -202,8 +203,8 @@ class SlidingSpecNorm(DisplayedTransform):
         self.finite.check()
 
     def encodes(self, x: TensorImageBase):
-        lengths, pad_before = padding_of(x)
-        if lengths is not None:
+        if has_padding(x):
+            lengths, pad_before = padding_of(x)
             out = padded_sliding_norm(
                 x,
                 lengths,

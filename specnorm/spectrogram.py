@@ -18,7 +18,7 @@ import torchaudio.transforms as T
 from fastai.data.transforms import DisplayedTransform
 
 from .audio import AudioSpectrogram, AudioTensor
-from .functional import FiniteCheck, padding_of, valid_mask
+from .functional import FiniteCheck, has_padding, padding_of, valid_mask
 
 __all__ = ["AudioToMFCC", "AudioToSpec", "SpectrogramTransformer", "frame_lengths", "get_usable_kwargs"]
 
@@ -297,8 +297,12 @@ class AudioToSpec(DisplayedTransform):
         centre = 0 if settings.get("center", True) else self.meta["n_fft"] // 2
         frames, before = frame_lengths(lengths, pad_before, self.meta["hop_length"], spec.shape[-1], centre)
         out = AudioSpectrogram(spec, sr=x.sr, **self.meta, lengths=frames, pad_before=before)
+        if not has_padding(x):  # every clip full (marked by the loader): so is every frame
+            out.unpadded = out.lengths
+            return out
         # Padded frames read as silence, frames partly in the padding included.
-        return out.copy_(torch.where(valid_mask(out), spec, self._floor(spec, lengths)))
+        torch.where(valid_mask(out), spec, self._floor(spec, lengths), out=spec)  # in place: one pass
+        return out
 
     def _silence(self, device):
         "What silence gives, one value per row `[F, 1]` (-100 dB in a power dB spectrogram), cached per device."

@@ -22,7 +22,7 @@ from conftest import no_host_reads, tone, write_audio
 from specnorm.audio import AudioSpectrogram, AudioTensor
 from specnorm.data import get_dls
 from specnorm.drift import NormDriftMonitor
-from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES, lengths_to_mask, sliding_norm, valid_mask
+from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES, has_padding, lengths_to_mask, sliding_norm, valid_mask
 from specnorm.instance import InstanceSpecNorm
 from specnorm.normalize import AudioNormalize, SpecNormalize
 from specnorm.signal import ResizeSignal
@@ -391,3 +391,37 @@ def test_lengths_of_another_batch_are_ignored(device):
     )
     two = full[:2]  # a slice of a spectrogram batch keeps all 4 lengths: no mask, rather than a wrong one
     assert valid_mask(two) is None and valid_mask(full).shape == (4, 1, 1, full.shape[-1])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_full_batches_skip_the_masks_and_give_the_same_batches(tmp_path, fast):
+    "Loaders mark batches whose clips all fill the batch; the transforms then skip their masking passes."
+    df = _folder(tmp_path, 8000, [1.0] * 4 + [0.5] * 4)  # two full batches, two padded ones
+    norm = SpecNormalize(-50.0, 20.0)
+    dls = get_dls(df, tmp_path / "audio", bs=2, num_workers=0, fast=fast, shuffle=False, crop_signal_to=1000)
+    seen = {True: 0, False: 0}
+    for x, _ in dls.train:
+        full = bool((x.lengths == x.shape[-1]).all())
+        assert has_padding(x) is not full  # marked exactly when every clip is full
+        with no_host_reads():
+            spec = AudioToSpec()(x)
+            out = norm(spec)
+        assert has_padding(spec) is not full and has_padding(out) is not full
+        # the same batch without the mark takes the masking passes: the same values
+        plain = AudioTensor(x.as_subclass(torch.Tensor), sr=x.sr, lengths=x.lengths.clone(), pad_before=x.pad_before)
+        want = norm(AudioToSpec()(plain))
+        assert has_padding(plain)
+        torch.testing.assert_close(out.as_subclass(torch.Tensor), want.as_subclass(torch.Tensor), rtol=0, atol=0)
+        seen[full] += 1
+    assert seen[True] and seen[False]
+
+
+def test_lengths_assigned_later_are_masked():
+    x = AudioTensor(torch.randn(2, 1, 800), sr=8000)
+    x.lengths, x.pad_before = torch.tensor([800, 800]), torch.zeros(2, dtype=torch.int64)
+    x.unpadded = x.lengths
+    assert not has_padding(x) and valid_mask(x) is None
+    x.lengths = torch.tensor([800, 400])  # e.g. a user's own padding: another object, so masked again
+    assert has_padding(x) and valid_mask(x)[1, 0].sum() == 400
+    y = ResizeSignal(150)(x)  # a transform that sets lengths anew
+    assert has_padding(y)
