@@ -245,7 +245,9 @@ class AudioToSpec(DisplayedTransform):
         # use there without waiting for it: the transform itself never syncs.
         self._cpu_pipe = self._build()
         self._pipes = {}
-        self.finite = FiniteCheck(type(self).__name__)
+        # dB of finite float32 power or magnitude stays within about +-800 dB: its sum cannot overflow, and is
+        # cheaper than a min-max on the CPU. Power itself can come near float32's range: min-max there.
+        self.finite = FiniteCheck(type(self).__name__, reduction="sum" if self.to_db else "minmax")
 
     def check(self) -> None:
         "Raise if a spectrogram made since the last check held NaN or Inf (reads device counts: one host sync)."
