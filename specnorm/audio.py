@@ -12,6 +12,7 @@ import mimetypes
 import os
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -78,6 +79,71 @@ def _read_options(fn, kwargs):
     return options
 
 
+class WavLayout(NamedTuple):
+    """Where a WAV file keeps its samples, from its RIFF header (`wav_layout`).
+
+    `pcm16`: 16-bit little-endian integer samples (format 1, or WAVE_FORMAT_EXTENSIBLE with the PCM
+    subformat), which are the file's bytes as they are: `WaveformStore` reads them without a decoder.
+    `size` is the data chunk's declared size in bytes (0 and 2**32 - 1 mean 'unknown': streamed WAV,
+    RF64), `held` the bytes the file holds from `offset`, `block` the bytes of one frame (0: no fmt chunk).
+    """
+
+    pcm16: bool
+    rate: int
+    channels: int
+    block: int
+    offset: int
+    size: int
+    held: int
+
+
+def open_audio_file(fn):
+    "`open(fn, 'rb')`, whose errors name the file as an audio file ('cannot read audio file ...: Permission denied')."
+    try:
+        return open(fn, "rb")
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot read audio file {fn}: {e.strerror}") from e
+
+
+def wav_layout(f) -> WavLayout | None:
+    """The `WavLayout` of the open binary file `f` (read from its start), or None when it is not a RIFF/RIFX
+    WAVE file with a data chunk."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order, total = "<" if head[:4] == b"RIFF" else ">", os.fstat(f.fileno()).st_size
+    fmt = (0, 0, 0, 0, 0)  # format, channels, rate, block, bits
+    while len(chunk := f.read(8)) == 8:
+        cid, n = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+        if cid == b"data":
+            tag, channels, rate, block, bits = fmt
+            pcm16 = order == "<" and tag == 1 and bits == 16 and block == 2 * channels > 0
+            return WavLayout(pcm16, rate, channels, block, f.tell(), n, total - f.tell())
+        if cid == b"fmt " and n >= 14:
+            body = f.read(min(n, 26))
+            tag, channels, rate, _, block = struct.unpack(order + "HHIIH", body[:14])
+            bits = struct.unpack(order + "H", body[14:16])[0] if len(body) >= 16 else 0
+            if tag == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the format is the subformat's
+                tag = struct.unpack(order + "H", body[24:26])[0]
+            fmt = (tag, channels, rate, block, bits)
+            f.seek(n - len(body) + (n & 1), 1)
+        else:
+            f.seek(n + (n & 1), 1)
+    return None
+
+
+def wav_truncation(fn, layout: WavLayout | None) -> str | None:
+    "What is missing from the WAV file `fn` of `layout` ('it holds 10 of the 20 samples...'), or None when complete."
+    if layout is None or not 0 < layout.size < 0xFFFFFFFF or layout.held >= layout.size:
+        return None
+    if layout.block:
+        return (
+            f"audio file {fn} is truncated: it holds {layout.held // layout.block} of the "
+            f"{layout.size // layout.block} samples its header declares"
+        )
+    return f"audio file {fn} is truncated: it holds {layout.held} of the {layout.size} bytes its header declares"
+
+
 def _check_wav_length(fn):
     """Raise if the WAV file `fn` holds fewer bytes than its data chunk's header declares.
 
@@ -85,34 +151,10 @@ def _check_wav_length(fn):
     Other formats are left to the decoder (a cut FLAC file fails to decode). Data sizes of 0 and 2**32 - 1
     mean 'unknown' (streamed WAV, RF64) and are not checked.
     """
-    try:
-        f = open(fn, "rb")
-    except OSError as e:
-        raise type(e)(e.errno, f"cannot read audio file {fn}: {e.strerror}") from e
-    with f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return
-        order, size, block = "<" if head[:4] == b"RIFF" else ">", os.fstat(f.fileno()).st_size, 0
-        while len(chunk := f.read(8)) == 8:
-            cid, n = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
-            if cid == b"fmt " and n >= 14:
-                block = struct.unpack(order + "H", f.read(14)[12:14])[0]
-                f.seek(n - 14 + (n & 1), 1)
-            elif cid == b"data":
-                held = size - f.tell()
-                if 0 < n < 0xFFFFFFFF and held < n:
-                    if block:
-                        raise ValueError(
-                            f"audio file {fn} is truncated: it holds {held // block} of the {n // block} "
-                            "samples its header declares"
-                        )
-                    raise ValueError(
-                        f"audio file {fn} is truncated: it holds {held} of the {n} bytes its header declares"
-                    )
-                return
-            else:
-                f.seek(n + (n & 1), 1)
+    with open_audio_file(fn) as f:
+        missing = wav_truncation(fn, wav_layout(f))
+    if missing:
+        raise ValueError(missing)
 
 
 class _KeepsMeta:

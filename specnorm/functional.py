@@ -6,8 +6,8 @@ This is the torchaudio split: `specnorm.functional` holds the computations, and 
 Importing this module imports torch and numpy only.
 
 - Standardization with given statistics (`normalize`, `denormalize`, `affine_params`, `affine`): the
-  affine `x * (1 / std) + (-mean / std)` in one pass over the data, with std floored relative to |mean| (`floor_std`, the one floor rule,
-  also used by the drift monitor).
+  affine `x * (1 / std) + (-mean / std)` in one pass over the data, with std floored relative to |mean|
+  (`floor_std`, the one floor rule, also used by the drift monitor).
 - Statistics-free normalization: `instance_norm` (per-utterance CMVN), `sliding_norm` (Kaldi's
   `apply-cmvn-sliding`), `pcen` (Wang et al., 2017, as `librosa.pcen`), and for waveforms `standardize`
   and `short_time_rms`.
@@ -317,7 +317,8 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     Example:
         >>> import torch
         >>> from specnorm.functional import affine
-        >>> affine(torch.ones(1, 1, 2, 3), torch.tensor([2.0, 3.0]).view(1, 1, 2, 1), torch.tensor([0.5, -1.0]).view(1, 1, 2, 1))
+        >>> scale, shift = torch.tensor([2.0, 3.0]).view(1, 1, 2, 1), torch.tensor([0.5, -1.0]).view(1, 1, 2, 1)
+        >>> affine(torch.ones(1, 1, 2, 3), scale, shift)
         tensor([[[[2.5000, 2.5000, 2.5000],
                   [2.0000, 2.0000, 2.0000]]]])
     """
@@ -617,9 +618,9 @@ def has_padding(x: Tensor) -> bool:
 
 def valid_mask(x: Tensor) -> Tensor | None:
     """The bool mask of `x`'s valid (unpadded) positions along its last axis, from its `lengths` and
-    `pad_before` attributes (None without `lengths`, or when they are marked unpadded: `has_padding`), shaped to broadcast to `x`: `[B, 1, ..., T]` for a
-    batch (`lengths` a 1-d tensor), `[1, ..., T]` for an item (`lengths` a number). Made on `x`'s device
-    with no host read.
+    `pad_before` attributes (None without `lengths`, or when they are marked unpadded: `has_padding`),
+    shaped to broadcast to `x`: `[B, 1, ..., T]` for a batch (`lengths` a 1-d tensor), `[1, ..., T]` for
+    an item (`lengths` a number). Made on `x`'s device with no host read.
 
     Example:
         >>> import torch

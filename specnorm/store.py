@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .audio import AudioTensor
+from .audio import AudioTensor, open_audio_file, wav_layout, wav_truncation
 from .cache import source_key
 from .signal import resample
 
@@ -257,18 +257,40 @@ class WaveformStore:
 
     @staticmethod
     def _probe(fn, budget):
-        """`((rate, channels, frames, pcm16), samples)` of `fn`; `pcm16`: 16-bit integer samples.
+        """`((rate, channels, frames, pcm16), samples, offset)` of `fn`; `pcm16`: 16-bit integer samples.
 
         `samples` (`[frames, channels]`, int16 for 16-bit files, else float32) is read in the same open as
         the header when the file has at most `SMALL_FILE_SAMPLES` samples and `budget` (a one-element
         list of samples still allowed, shared by the threads) covers them; None otherwise (read later).
+        `offset`: where a 16-bit PCM WAV file keeps its samples, which are then read as they are, without
+        libsndfile (its per-file cost is several times that of the read itself); None for other files.
         """
+
+        def keep(size):
+            if 0 < size <= SMALL_FILE_SAMPLES and budget[0] >= size:
+                budget[0] -= size  # racy between threads by at most one file each: a soft bound
+                return True
+            return False
+
+        with open_audio_file(fn) as f:
+            layout = wav_layout(f)
+            if layout is not None and layout.pcm16 and 0 < layout.size < 0xFFFFFFFF:
+                missing = wav_truncation(fn, layout)
+                if missing:
+                    raise ValueError(missing)
+                frames, samples = layout.size // layout.block, None
+                if frames == 0:
+                    raise ValueError(f"audio file {fn} has no samples")
+                if keep(frames * layout.channels):
+                    f.seek(layout.offset)
+                    samples = np.empty((frames, layout.channels), dtype=np.int16)
+                    f.readinto(samples)  # the whole data chunk is there (checked above)
+                return (layout.rate, layout.channels, frames, 1), samples, layout.offset
         try:
             with sf.SoundFile(fn) as f:
                 head = (f.samplerate, f.channels, f.frames, int(f.subtype == "PCM_16"))
-                size, samples = f.frames * f.channels, None
-                if 0 < size <= SMALL_FILE_SAMPLES and budget[0] >= size:
-                    budget[0] -= size  # racy between threads by at most one file each: a soft bound
+                samples = None
+                if keep(f.frames * f.channels):
                     samples = f.read(dtype="int16" if head[3] else "float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
             raise ValueError(f"cannot decode audio file {fn}: {e}") from e
@@ -276,21 +298,27 @@ class WaveformStore:
             raise ValueError(f"audio file {fn} has no samples")
         if samples is not None and samples.shape[0] != head[2]:
             raise ValueError(f"audio file {fn} is truncated: {samples.shape[0]} of the {head[2]} frames in its header")
-        return head, samples
+        return head, samples, None
 
     @staticmethod
-    def _read_into(files, out, read=()):
+    def _read_into(files, out, read, offsets):
         """Decode each of `files` into its row of `out` `[files, frames, channels]`: float32 as
         `AudioTensor.create` reads it, or int16 (16-bit files: a copy, no conversion in libsndfile).
-        `read` holds the samples of files read already (`_probe`), or None for the others."""
-        for fn, rows, samples in zip(files, out, read or [None] * len(files)):
+        `read` holds the samples of files read already (`_probe`), or None for the others; `offsets` where
+        16-bit PCM WAV files keep their samples (read as they are), or None."""
+        for fn, rows, samples, offset in zip(files, out, read, offsets):
             if samples is not None:
                 rows[:] = samples
                 continue
-            try:
-                got = sf.read(fn, out=rows, dtype=out.dtype.name, always_2d=True)[0].shape[0]
-            except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-                raise ValueError(f"cannot decode audio file {fn}: {e}") from e
+            if offset is not None:
+                with open_audio_file(fn) as f:
+                    f.seek(offset)
+                    got = f.readinto(rows) // rows.itemsize // rows.shape[1]
+            else:
+                try:
+                    got = sf.read(fn, out=rows, dtype=out.dtype.name, always_2d=True)[0].shape[0]
+                except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+                    raise ValueError(f"cannot decode audio file {fn}: {e}") from e
             if got != rows.shape[0]:
                 raise ValueError(f"audio file {fn} is truncated: {got} of the {rows.shape[0]} frames its header gives")
 
@@ -301,9 +329,16 @@ class WaveformStore:
         device = torch.device("cpu" if device is None else device)
         with ThreadPoolExecutor(max(1, n_workers)) as pool:
             budget = [KEEP_SAMPLES]
-            probed = list(pool.map(cls._probe, files, [budget] * len(files)))
-            src = np.array([head for head, _ in probed], dtype=np.int64)  # rate, channels, frames, pcm16
-            early = [samples for _, samples in probed]
+            # One task per thread, not per file: a short clip's probe costs about as much as a task's handoff.
+            parts = np.array_split(np.arange(len(files)), min(len(files), max(1, n_workers)))
+            probed = [
+                head
+                for part in pool.map(lambda part: [cls._probe(files[i], budget) for i in part], parts)
+                for head in part
+            ]
+            src = np.array([head for head, _, _ in probed], dtype=np.int64)  # rate, channels, frames, pcm16
+            early = [samples for _, samples, _ in probed]
+            wav_offsets = [offset for _, _, offset in probed]
             del probed
             rates = src[:, 0] if sample_rate is None else np.full(len(files), sample_rate, dtype=np.int64)
             channels = np.ones(len(files), dtype=np.int64) if force_mono else src[:, 1].copy()
@@ -342,6 +377,7 @@ class WaveformStore:
                         [files[rows[i]] for i in p],
                         buf[p[0] : p[-1] + 1],
                         [early[rows[i]] for i in p],
+                        [wav_offsets[rows[i]] for i in p],
                     )
                     for p in parts
                 ]

@@ -185,3 +185,55 @@ def test_files_read_with_their_header_or_later_give_the_same_store(files, small,
     monkeypatch.setattr(st, "KEEP_SAMPLES", keep)
     store = WaveformStore.build(files, sample_rate=16000, progress=False)
     assert np.array_equal(store.data, reference.data) and np.array_equal(store.offsets, reference.offsets)
+
+
+def _wav(fn, samples, rate, extensible=False, junk=b""):
+    "A 16-bit PCM WAV file written by hand: an optional odd-sized chunk first, WAVE_FORMAT_EXTENSIBLE if asked."
+    import struct
+
+    channels = samples.shape[1]
+    if extensible:  # 40-byte fmt: cbSize 22, valid bits, channel mask, the PCM subformat GUID
+        guid = bytes.fromhex("0100000000001000800000aa00389b71")
+        fmt = struct.pack("<HHIIHHHHI", 0xFFFE, channels, rate, rate * 2 * channels, 2 * channels, 16, 22, 16, 0) + guid
+    else:
+        fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+    data = samples.astype("<i2").tobytes()
+    chunks = b""
+    if junk:
+        chunks += b"junk" + struct.pack("<I", len(junk)) + junk + b"\0" * (len(junk) & 1)
+    chunks += b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    fn.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    return fn
+
+
+@pytest.mark.parametrize("small", [1 << 16, 0])  # read with the header, or later
+@pytest.mark.parametrize("variant", ["plain", "extensible", "odd chunk first"])
+def test_16_bit_wav_samples_are_read_as_libsndfile_reads_them(variant, small, tmp_path, monkeypatch):
+    # 16-bit PCM WAV files are read without libsndfile, from where their header says the samples are
+    import specnorm.store as st
+    from specnorm.audio import wav_layout
+
+    monkeypatch.setattr(st, "SMALL_FILE_SAMPLES", small)
+    rng = np.random.default_rng(2)
+    samples = rng.integers(-(2**15), 2**15, size=(1001, 2), dtype=np.int64)
+    samples[:2, 0] = [-(2**15), 2**15 - 1]
+    junk = b"abc" if variant == "odd chunk first" else b""
+    fn = _wav(tmp_path / "x.wav", samples, 22050, extensible=variant == "extensible", junk=junk)
+    with open(fn, "rb") as f:
+        layout = wav_layout(f)
+    assert layout.pcm16 and (layout.rate, layout.channels, layout.size) == (22050, 2, 1001 * 4)
+    store = WaveformStore.build([fn], sample_rate=None, force_mono=False, progress=False)
+    expected, rate = sf.read(fn, dtype="float32", always_2d=True)
+    assert rate == 22050 and np.array_equal(store[0].numpy(), expected.T)
+    np.testing.assert_array_equal(store[0].numpy() * 2**15, samples.T)
+
+
+@pytest.mark.parametrize("small", [1 << 16, 0])
+def test_truncated_16_bit_wav_in_a_store_is_named(small, tmp_path, monkeypatch):
+    import specnorm.store as st
+
+    monkeypatch.setattr(st, "SMALL_FILE_SAMPLES", small)
+    fn = _wav(tmp_path / "cut.wav", np.zeros((1000, 1), dtype=np.int64), 16000)
+    fn.write_bytes(fn.read_bytes()[:-300])  # a cut copy: 850 of 1000 samples
+    with pytest.raises(ValueError, match=r"cut.wav is truncated: it holds 850 of the 1000 samples"):
+        WaveformStore.build([fn], sample_rate=None, progress=False)
