@@ -12,7 +12,7 @@ import mimetypes
 import os
 import struct
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -97,7 +97,7 @@ class WavLayout(NamedTuple):
     held: int
 
 
-def open_audio_file(fn):
+def open_audio_file(fn: str | os.PathLike) -> BinaryIO:
     "`open(fn, 'rb')`, whose errors name the file as an audio file ('cannot read audio file ...: Permission denied')."
     try:
         return open(fn, "rb")
@@ -105,7 +105,7 @@ def open_audio_file(fn):
         raise type(e)(e.errno, f"cannot read audio file {fn}: {e.strerror}") from e
 
 
-def wav_layout(f) -> WavLayout | None:
+def wav_layout(f: BinaryIO) -> WavLayout | None:
     """The `WavLayout` of the open binary file `f` (read from its start), or None when it is not a RIFF/RIFX
     WAVE file with a data chunk."""
     head = f.read(12)
@@ -132,7 +132,7 @@ def wav_layout(f) -> WavLayout | None:
     return None
 
 
-def wav_truncation(fn, layout: WavLayout | None) -> str | None:
+def wav_truncation(fn: str | os.PathLike, layout: WavLayout | None) -> str | None:
     "What is missing from the WAV file `fn` of `layout` ('it holds 10 of the 20 samples...'), or None when complete."
     if layout is None or not 0 < layout.size < 0xFFFFFFFF or layout.held >= layout.size:
         return None
