@@ -75,6 +75,19 @@ stage() {
 
 skip() { summary "$(printf '%-12s skipped: %s' "$1" "$2")"; }
 
+# junit NAME: the counts in $OUT/NAME.xml, for the summary (pytest writes it also when interrupted by SIGINT).
+junit() {
+  summary "$(printf '%-12s ' "$1")$("$PYTHON" - "$OUT/$1.xml" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    s = ET.parse(sys.argv[1]).getroot().find("testsuite")
+    print(", ".join(f"{s.get(k)} {k}" for k in ("tests", "failures", "errors", "skipped")))
+except Exception as e:
+    print(f"no junit counts ({type(e).__name__}: {e})")
+EOF
+)"
+}
+
 main() {
   echo "specnorm GPU session: $(date -u '+%F %T UTC'), smoke=$SMOKE, budget ${BUDGET_S} s, stages: $STAGES, OUT=$OUT"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo 'unknown (no .git here)')"
@@ -136,16 +149,19 @@ EOF
       xdist_a=(-n 4)
       xdist_b=(-n 8)
     fi
-    local py=(-m pytest -p no:cacheprovider -q -ra --continue-on-collection-errors)
+    # -v: each test's outcome is in the log as it happens, also when the time box kills pytest before its summary.
+    local py=(-m pytest -p no:cacheprovider -v -ra --continue-on-collection-errors)
     # The notebook tests need nbclient and a kernel, which the GPU machine lacks (they are slow-marked anyway).
     "$PYTHON" -c "import nbclient, nbformat" 2>/dev/null || py+=(--ignore=tests/test_notebooks.py)
     stage tests-cuda "$(min "$T_TESTS" "$(left)")" "$PYTHON" "${py[@]}" "${xdist_a[@]}" \
       --junitxml="$OUT/tests-cuda.xml" -k "$k" tests
+    junit tests-cuda
     local box
     box=$(min $((T_TESTS - (SECONDS - t0))) "$(left)")
     if ((box >= 30)); then
       stage tests-rest "$box" "$PYTHON" "${py[@]}" "${xdist_b[@]}" --junitxml="$OUT/tests-rest.xml" \
         -m "not slow" -k "not ($k) and not cpu" "$rest"
+      junit tests-rest
     else
       skip tests-rest "${box} s left in the tests' box"
     fi
@@ -180,9 +196,11 @@ EOF
   echo
   echo "=== digest"
   cat "$OUT/summary.txt"
-  grep -hE "^(FAILED|ERROR) " "$OUT/session.log" 2>/dev/null | sort -u | head -40
+  # pytest -v prints `id FAILED` (one process) or `FAILED id` (xdist, and the -ra summary)
+  grep -ohE "(FAILED|ERROR) tests/[^ ]+|tests/[^ ]+ (FAILED|ERROR)" "$OUT/session.log" 2>/dev/null |
+    sed -E 's/^(tests[^ ]+) (FAILED|ERROR)$/\2 \1/' | sort -u | head -60
   for md in "$OUT/BENCHMARKS.md" "$OUT/BENCHMARKS-cpu.md"; do
-    [[ -f $md ]] && grep -E "^(#|\||Not measured|Interrupted)" "$md"
+    [[ -f $md ]] && grep -E "^(#|\||Not measured|Incomplete)" "$md"
   done
   return $FAILED
 }

@@ -7,7 +7,8 @@ ratios against baselines timed in the same call. `--smoke` runs tiny sizes and w
 A GPU session with little device time (benchmarks/gpu_session.sh) picks the devices and the order:
 `--device cuda --only stats normalize pipeline` times the CUDA sections only, in that order. A module that
 fails, or outruns `--module-timeout`, becomes a section saying so and the run goes on; `--keep-partial`
-writes the finished sections when the run is interrupted (SIGINT, e.g. from `timeout -s INT`).
+rewrites `--out` after every section, so a run stopped by a time limit (SIGINT or SIGKILL, e.g. from
+`timeout -s INT -k 20`) leaves the sections that finished.
 """
 
 import argparse
@@ -69,7 +70,7 @@ def run_module(module, device, smoke, timeout_s=None):
             signal.signal(signal.SIGALRM, previous)
 
 
-def write(out, devices, sections, interrupted=False):
+def write(out, devices, sections, partial=False):
     head = (
         f"# Benchmarks\n\nWritten by `make bench` on {datetime.date.today()}. Each figure is a ratio "
         "against a baseline timed in the same run, on the machine named in the section heading.\n"
@@ -81,8 +82,8 @@ def write(out, devices, sections, interrupted=False):
         )
     elif "cpu" not in devices:
         head += f"\nThis run timed {' and '.join(d.upper() for d in devices)} only (`--device`).\n"
-    if interrupted:
-        head += "\nInterrupted: only the sections below finished.\n"
+    if partial:
+        head += "\nIncomplete: the run stopped (or is still running) after the sections below.\n"
     Path(out).write_text(head + "\n" + "\n\n".join(sections) + "\n")
 
 
@@ -94,7 +95,9 @@ def main(argv=None):
         "--device", nargs="+", choices=["cpu", "cuda"], help="devices, in this order (default: cpu, then cuda if any)"
     )
     parser.add_argument("--module-timeout", type=float, help="seconds one module may run on one device")
-    parser.add_argument("--keep-partial", action="store_true", help="on SIGINT, write the sections finished")
+    parser.add_argument(
+        "--keep-partial", action="store_true", help="write --out after every section: a stopped run keeps them"
+    )
     parser.add_argument("--out", default=str(ROOT.parent / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -104,7 +107,15 @@ def main(argv=None):
         modules = bench_modules(args.only)
     except ValueError as e:
         parser.error(str(e))
-    sections, failed = [], []
+    sections, failed, sigints = [], [], []
+
+    def on_sigint(signum, frame):
+        # Remembered as well as raised: a KeyboardInterrupt that lands in code that swallows it (an at-fork hook
+        # while a DataLoader starts its workers, a __del__) still stops the run after the module in progress.
+        sigints.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         for device in devices:
             sections.append(f"## {device.upper()}: {machine(device)}\n")
@@ -115,12 +126,16 @@ def main(argv=None):
                 print(f"[bench] {module.__name__} on {device}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
                 sections.append(text)
                 failed += [] if ok else [f"{module.__name__} on {device}"]
+                if args.keep_partial and not args.smoke:
+                    write(args.out, devices, sections, partial=True)
+                if sigints:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if args.keep_partial and not args.smoke:
-            write(args.out, devices, sections, interrupted=True)
         done = sum(s.startswith("### ") for s in sections)
         print(f"[bench] interrupted after {done} benchmark sections", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if not args.smoke:
         write(args.out, devices, sections)
     if failed:

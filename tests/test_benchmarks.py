@@ -5,6 +5,7 @@ command a GPU session gets is known to run before a GPU is ever lent."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -75,21 +76,34 @@ def test_a_failing_or_slow_module_becomes_a_section_and_the_run_goes_on(tmp_path
     assert "### good, cpu" in text and "## CPU: " in text and "Interrupted" not in text
 
 
-def test_keep_partial_writes_the_finished_sections_on_sigint(tmp_path, monkeypatch):
+def test_keep_partial_leaves_the_finished_sections_when_stopped(tmp_path, monkeypatch):
     def interrupt(device, smoke):
         raise KeyboardInterrupt  # what `timeout -s INT` raises in the main thread
 
-    modules = [fake("first", section("first")), fake("second", interrupt), fake("third", section("third"))]
-    monkeypatch.setattr(bench_run, "bench_modules", lambda only: modules)
-    kept, lost = tmp_path / "kept.md", tmp_path / "lost.md"
-    for out, flags in ((kept, ["--keep-partial"]), (lost, [])):
-        with pytest.raises(SystemExit) as stop:
-            main(["--device", "cpu", *flags, "--out", str(out)])
-        assert stop.value.code == 130
-    text = kept.read_text()
-    assert "Interrupted: only the sections below finished." in text
-    assert "### first, cpu" in text and "third" not in text
-    assert not lost.exists()  # without --keep-partial an interrupted run leaves the old file alone
+    def swallow(device, smoke):
+        # a SIGINT whose KeyboardInterrupt something swallows (seen: an at-fork hook as DataLoader workers start)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+        return section("swallowed")(device, smoke)
+
+    handler = signal.getsignal(signal.SIGINT)
+    for stopper in (interrupt, swallow):
+        modules = [fake("first", section("first")), fake("stop", stopper), fake("third", section("third"))]
+        monkeypatch.setattr(bench_run, "bench_modules", lambda only, modules=modules: modules)
+        kept, lost = tmp_path / f"kept-{stopper.__name__}.md", tmp_path / f"lost-{stopper.__name__}.md"
+        for out, flags in ((kept, ["--keep-partial"]), (lost, [])):
+            with pytest.raises(SystemExit) as stop:
+                main(["--device", "cpu", *flags, "--out", str(out)])
+            assert stop.value.code == 130
+        text = kept.read_text()
+        assert "Incomplete: the run stopped (or is still running) after the sections below." in text
+        assert "### first, cpu" in text and "third" not in text
+        assert ("### swallowed, cpu" in text) == (stopper is swallow)
+        assert not lost.exists()  # without --keep-partial a stopped run leaves the old file alone
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
