@@ -56,17 +56,18 @@ def run_module(module, device, smoke, timeout_s=None):
     title = f"### {module.__name__.rsplit('.', 1)[-1]}, {device}"
     if timeout_s:
         previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(int(timeout_s))
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         return module.run(device=device, smoke=smoke), True
     except ModuleTimeout:
         return f"{title}\n\nNot measured: stopped after {timeout_s:g} s (`--module-timeout`).", False
     except Exception as e:
         traceback.print_exc()
-        return f"{title}\n\nNot measured: the benchmark failed with `{type(e).__name__}: {e}`.", False
+        first_line = (str(e).splitlines() or [""])[0]
+        return f"{title}\n\nNot measured: the benchmark failed with `{type(e).__name__}: {first_line}`.", False
     finally:
         if timeout_s:
-            signal.alarm(0)
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 
 
@@ -75,12 +76,12 @@ def write(out, devices, sections, partial=False):
         f"# Benchmarks\n\nWritten by `make bench` on {datetime.date.today()}. Each figure is a ratio "
         "against a baseline timed in the same run, on the machine named in the section heading.\n"
     )
-    if devices == ["cpu"]:
+    if not torch.cuda.is_available():
         head += (
             "\nNo GPU was present for this run: on a CUDA machine, `make bench` adds the same suite on the GPU "
             "beside these CPU figures.\n"
         )
-    elif "cpu" not in devices:
+    elif set(devices) != {"cpu", "cuda"}:
         head += f"\nThis run timed {' and '.join(d.upper() for d in devices)} only (`--device`).\n"
     if partial:
         head += "\nIncomplete: the run stopped (or is still running) after the sections below.\n"
