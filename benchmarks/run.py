@@ -14,6 +14,7 @@ rewrites `--out` after every section, so a run stopped by a time limit (SIGINT o
 import argparse
 import datetime
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -26,6 +27,12 @@ import torch
 from .common import machine
 
 ROOT = Path(__file__).resolve().parent
+# glibc gives freed blocks above a dynamic threshold back to the system, and a batch-sized buffer then comes
+# back with a page fault per 4 kB on the next call: with its defaults the same figure (a clone, fastai's
+# Normalize) varied from 2x to 30x between runs, as the heap happened to be laid out. With these, a process
+# keeps its freed memory (the mmap threshold at glibc's 32 MB maximum, no trimming below 1 GB), and every
+# candidate and baseline is timed without those faults. Read at process start: `main` starts again with them.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def bench_names():
@@ -83,12 +90,21 @@ def write(out, devices, sections, partial=False):
         )
     elif set(devices) != {"cpu", "cuda"}:
         head += f"\nThis run timed {' and '.join(d.upper() for d in devices)} only (`--device`).\n"
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        head += (
+            "\nglibc's allocator kept freed memory in this run ("
+            + ", ".join(f"`{k}={v}`" for k, v in MALLOC_ENV.items())
+            + ", set by `benchmarks.run`): otherwise batch-sized buffers are faulted back in page by page, and "
+            "figures varied 2x to 30x between runs. README (CPU training) says what the settings do for training.\n"
+        )
     if partial:
         head += "\nIncomplete: the run stopped (or is still running) after the sections below.\n"
     Path(out).write_text(head + "\n" + "\n\n".join(sections) + "\n")
 
 
 def main(argv=None):
+    if argv is None and any(k not in os.environ for k in MALLOC_ENV):  # run as a script: start again with them
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]], {**MALLOC_ENV, **os.environ})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, print only")
     parser.add_argument("--only", nargs="*", help="benchmark names, run in this order, e.g. stats normalize")
