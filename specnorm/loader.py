@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from fastai.data.core import TfmdDL
 from fastai.data.load import _loaders, fa_collate
-from fastai.data.transforms import DisplayedTransform
+from fastai.data.transforms import Categorize, ColReader, DisplayedTransform
+from fastai.torch_core import TensorCategory
 from torch.utils.data import get_worker_info
 
 from .audio import AudioTensor
@@ -71,6 +72,31 @@ def _targets(tl):
     if not all(c.isidentifier() and not keyword.iskeyword(c) and not c.startswith("_") for c in columns):
         return [tl[i] for i in range(len(tl))]
     return [tl._after_item(row) for row in items.itertuples(index=False)]
+
+
+def _collated_targets(tl):
+    """`fa_collate` of every item of `tl` (`_targets`), in one step for the usual label column: a `ColReader`
+    of one column followed by `Categorize` maps the column through the vocabulary, with fastai's
+    `KeyError` for a label the training split lacks, instead of two transforms dispatched per item."""
+    fs, items = list(tl.tfms.fs), tl.items
+    if (
+        len(fs) == 2
+        and type(fs[0]) is ColReader
+        and type(fs[1]) is Categorize
+        and len(fs[0].cols) == 1
+        and not fs[0].pref
+        and not fs[0].suff
+        and fs[0].label_delim is None
+        and fs[1].vocab is not None
+        and fs[0].cols[0] in getattr(items, "columns", ())
+    ):
+        o2i = fs[1].vocab.o2i
+        try:
+            codes = [o2i[o] for o in items[fs[0].cols[0]].to_numpy()]
+        except KeyError as e:
+            raise KeyError(f"Label '{e.args[0]}' was not included in the training dataset") from e
+        return TensorCategory(torch.tensor(codes, dtype=torch.int64))
+    return fa_collate(_targets(tl))
 
 
 class AudioDL(TfmdDL):
@@ -173,7 +199,7 @@ class WaveformDL(AudioDL):
         row_of = {f: i for i, f in enumerate(store.files)}
         self.rows = np.array([row_of[f"{pref}{fn}"] for fn in dataset.items[fn_col]], dtype=np.int64)
         n_inp = getattr(dataset, "n_inp", 1)
-        self.ys = [fa_collate(_targets(tl)) for tl in dataset.tls[n_inp:]]
+        self.ys = [_collated_targets(tl) for tl in dataset.tls[n_inp:]]
         self.uniform = np.zeros(len(dataset))
         super().__init__(dataset, **kwargs)
 

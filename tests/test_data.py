@@ -59,6 +59,31 @@ def test_get_dls_yields_typed_spectrogram_batches(esc50_like):
     assert set(dls.valid_ds.items.filename) == valid_files
 
 
+@pytest.mark.parametrize("label_col", ["category", "target"])
+def test_vocab_is_the_one_fastai_makes_from_the_training_labels(esc50_like, label_col):
+    # get_dls passes the vocabulary to CategoryBlock (made from the column); fastai makes it row by row
+    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.transforms import ColReader
+
+    df, path = esc50_like
+    df = df.assign(fold=[1 if i % 4 == 0 else 2 for i in range(len(df))])  # every class in both splits
+    expected = (
+        DataBlock(
+            blocks=(CategoryBlock, CategoryBlock),
+            get_x=ColReader("filename"),
+            get_y=ColReader(label_col),
+            splitter=CrossValidationSplitter("fold", 1),
+        )
+        .datasets(df)
+        .vocab[1]
+    )
+    for fast in (True, False):
+        dls = get_dls(df, path, label_col=label_col, bs=4, num_workers=0, crop_signal_to=200, fast=fast)
+        assert list(dls.vocab) == list(expected) and [type(v) for v in dls.vocab] == [type(v) for v in expected]
+        ys = torch.cat([y for _, y in dls.valid])
+        assert ys.tolist() == [list(expected).index(v) for v in df[label_col][df.fold == 1]]
+
+
 def test_get_dls_resamples_and_keeps_the_rate(esc50_like):
     df, path = esc50_like
     dls = get_dls(df, path, bs=2, num_workers=0, crop_signal_to=500, fold=2)

@@ -237,3 +237,25 @@ def test_truncated_16_bit_wav_in_a_store_is_named(small, tmp_path, monkeypatch):
     fn.write_bytes(fn.read_bytes()[:-300])  # a cut copy: 850 of 1000 samples
     with pytest.raises(ValueError, match=r"cut.wav is truncated: it holds 850 of the 1000 samples"):
         WaveformStore.build([fn], sample_rate=None, progress=False)
+
+
+@pytest.mark.parametrize("labels", [list("abcabcaab"), [3, 1, 2, 3, 1, 2, 3, 3, 1]])
+def test_label_column_is_mapped_in_one_step_as_fastai_maps_it_per_item(labels, monkeypatch):
+    # ColReader + Categorize (get_dls's labels): the column through the vocabulary, equal to fastai per item
+    import pandas as pd
+    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.load import fa_collate
+    from fastai.data.transforms import ColReader
+
+    import specnorm.loader as ld
+
+    df = pd.DataFrame({"filename": [f"{i}.wav" for i in range(9)], "label": labels})
+    block = DataBlock(blocks=(CategoryBlock, CategoryBlock), get_x=ColReader("filename"), get_y=ColReader("label"))
+    tl = block.datasets(df).train.tls[1]
+    expected = fa_collate([tl[i] for i in range(len(tl))])
+    monkeypatch.setattr(ld, "_targets", None)  # the one-step path must not fall back to the per-item one
+    got = ld._collated_targets(tl)
+    assert type(got) is type(expected) and got.dtype == expected.dtype and torch.equal(got, expected)
+    tl.items = pd.DataFrame({"filename": ["x.wav"], "label": ["unseen" if isinstance(labels[0], str) else 7]})
+    with pytest.raises(KeyError, match="was not included in the training dataset"):
+        ld._collated_targets(tl)
