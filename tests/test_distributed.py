@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import free_port, init_gloo, make_esc50_like, run_ranks
+from conftest import init_gloo, make_esc50_like, run_ranks
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import ColReader
 
@@ -341,7 +341,8 @@ def test_torch_loader_fraction_reads_only_chosen_items():
 
 def _torchrun(*args, ok=True):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    # --standalone: the rendezvous store takes a free port itself (a port picked beforehand can be taken meanwhile)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
         [*cmd, "-m", "specnorm", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
     )
