@@ -126,19 +126,23 @@ def test_normalize_and_denormalize_against_float64():
 
 
 @pytest.mark.parametrize(
-    "shape, stats, layout",
+    "shape, stats, layout, fused",
     [
-        ((4, 1, 20, 30), (1, 1, 20, 1), "contiguous"),  # per frequency row: the fused pass
-        ((4, 2, 20, 30), (1, 2, 20, 1), "contiguous"),  # per channel and row
-        ((4, 2, 20, 30), (1, 2, 1, 1), "contiguous"),  # per channel
-        ((4, 1, 20, 30), (), "contiguous"),  # one value
-        ((0, 1, 20, 30), (1, 1, 20, 1), "contiguous"),  # an empty batch
-        ((20, 30), (20, 1), "contiguous"),  # an item without batch dims
-        ((4, 2, 20, 30), (1, 2, 1, 30), "contiguous"),  # dims that are not adjacent: the multiply-add
-        ((4, 1, 30, 20), (1, 1, 20, 1), "transposed"),  # a view that is not contiguous: the multiply-add
+        ((4, 1, 20, 70), (1, 1, 20, 1), "contiguous", True),  # per frequency row
+        ((4, 2, 20, 70), (1, 2, 20, 1), "contiguous", True),  # per channel and row
+        ((4, 2, 20, 30), (1, 2, 1, 1), "contiguous", True),  # per channel: runs of 20 x 30 values
+        ((4, 1, 20, 30), (), "contiguous", True),  # one value
+        ((0, 1, 20, 70), (1, 1, 20, 1), "contiguous", True),  # an empty batch
+        ((20, 70), (20, 1), "contiguous", True),  # an item without batch dims
+        ((4, 1, 20, 8), (1, 1, 20, 1), "contiguous", False),  # runs of 8 values: the multiply-add
+        ((3, 5), (5,), "contiguous", False),  # one scale per value
+        ((4, 2, 20, 70), (1, 2, 1, 70), "contiguous", False),  # dims that are not adjacent
+        ((4, 1, 70, 20), (1, 1, 20, 1), "transposed", False),  # a view that is not contiguous
     ],
 )
-def test_affine_is_one_rounding_from_float64(shape, stats, layout, device):
+def test_affine_is_one_rounding_from_float64(shape, stats, layout, fused, device, monkeypatch):
+    calls, batch_norm = [], torch.batch_norm
+    monkeypatch.setattr(torch, "batch_norm", lambda *a: calls.append(1) or batch_norm(*a))
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(shape, generator=g) * 30 - 50).to(device)
     if layout == "transposed":
@@ -147,6 +151,7 @@ def test_affine_is_one_rounding_from_float64(shape, stats, layout, device):
     shift = (torch.randn(stats, generator=g) * 10).to(device)
     with no_host_reads():
         y = F.affine(x, scale, shift)
+    assert bool(calls) == fused  # the fused pass where it pays, the multiply-add elsewhere
     ref = x.double() * scale.double() + shift.double()
     assert y.shape == x.shape and y.dtype == x.dtype
     # within two float32 roundings of the exact value (a multiply-add, fused or not)
