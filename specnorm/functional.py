@@ -298,6 +298,12 @@ def affine_params(mean: Tensor, std: Tensor, eps: float = SPEC_STD_EPS) -> tuple
     return (1 / std).float(), (-mean / std).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _unit_moments(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    "Means 0 and variances 1 for `affine`'s batch norm, made once per shape: not two fills on every batch."
+    return torch.zeros(channels, dtype=dtype, device=device), torch.ones(channels, dtype=dtype, device=device)
+
+
 def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """`x * scale + shift` in one pass over `x`, for statistic-shaped `scale` and `shift`.
 
@@ -342,8 +348,7 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
         return torch.mul(x, scale).add_(shift)
     channels = math.prod(x.shape[first:last])
     view = x.view(math.prod(x.shape[:first]), channels, run)
-    zero = torch.zeros(channels, dtype=x.dtype, device=x.device)
-    one = torch.ones(channels, dtype=x.dtype, device=x.device)
+    zero, one = _unit_moments(channels, x.dtype, x.device)
     y = torch.batch_norm(view, scale.reshape(-1), shift.reshape(-1), zero, one, False, 0.0, 0.0, False)
     return y.view(x.shape)
 
