@@ -247,18 +247,19 @@ def colored_noise(
     f = torch.fft.rfftfreq(n, device=device)
     fmin = max(fmin, 1.0 / n)
     scale = f.clamp(min=fmin) ** (-exponent / 2.0)
-    scale[0] = 0.0  # zero mean
+    # In-place fills, not `scale[0] = 0.0`: assigning a Python number copies it from the host on CUDA (a sync).
+    scale[0].zero_()  # zero mean
     # Variance of irfft's output: each complex term k contributes 4 * scale_k**2 / n**2 (its real and
     # imaginary parts, both counted twice by Hermitian symmetry); the real Nyquist term of an even
     # length contributes scale**2 / n**2.
     weight = torch.full_like(scale, 4.0)
     if n % 2 == 0:
-        weight[-1] = 1.0
+        weight[-1].fill_(1.0)
     sigma = torch.sqrt((weight * scale**2).sum()) / n
     # Real and imaginary parts drawn in one call, as the last axis of a view_as_complex buffer.
     parts = torch.randn([*shape[:-1], f.numel(), 2], device=device, generator=generator)
     if n % 2 == 0:
-        parts[..., -1, 1] = 0.0  # the Nyquist term of a real signal is real
+        parts[..., -1, 1].zero_()  # the Nyquist term of a real signal is real
     spectrum = torch.view_as_complex(parts) * (scale / sigma)  # unit variance folded into the small scale
     return torch.fft.irfft(spectrum, n=n, dim=-1)
 
@@ -336,4 +337,5 @@ def shift_signal(
         return x.gather(-1, (src % n).expand(x.shape))
     valid = (src >= 0) & (src < n)
     out = x.gather(-1, src.clamp(0, n - 1).expand(x.shape))
-    return torch.where(valid, out, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+    # a number goes to the kernel as an argument (torch.as_tensor on CUDA would copy it from the host: a sync)
+    return torch.where(valid, out, fill.to(x.dtype) if torch.is_tensor(fill) else float(fill))

@@ -28,6 +28,7 @@ from fastai.torch_core import TensorCategory
 from torch.utils.data import get_worker_info
 
 from .audio import AudioTensor
+from .store import upload
 
 __all__ = ["AsFloat32", "AudioDL", "WaveformDL"]
 
@@ -203,6 +204,13 @@ class WaveformDL(AudioDL):
         self.uniform = np.zeros(len(dataset))
         super().__init__(dataset, **kwargs)
 
+    def _targets_on(self, device: torch.device) -> list[torch.Tensor]:
+        "The targets, copied once to `device` (the on-device path indexes them there: no copy per batch)."
+        cache = self.__dict__.setdefault("_ys_on", {})
+        if str(device) not in cache:
+            cache[str(device)] = [y.to(device) for y in self.ys]
+        return cache[str(device)]
+
     @staticmethod
     def stores(store, dataset, fn_col: str, pref: str) -> bool:
         "Whether every item of `dataset` is a row of `store` (a DataFrame of files under `pref`)."
@@ -256,15 +264,15 @@ class WaveformDL(AudioDL):
         rows = self.rows[idx]
         sr, t = int(self.store.rates[rows[0]]), self.store.nsamples[rows]
         n = round(self.duration * sr / 1000) if self.duration is not None else int(t.max())
-        starts, ys = self.starts(idx, t, n), [y[torch.from_numpy(idx)] for y in self.ys]
+        starts = self.starts(idx, t, n)
         if self.on_device and self.device is not None and not self.after_item.fs and get_worker_info() is None:
             data, lengths = self.store.take(self.store.samples_on(self.device), rows, n, starts, self.pad_mode)
             full = bool((lengths == n).all())  # numpy, on the host
-            lengths, before = (
-                torch.from_numpy(v).to(data.device, non_blocking=True)
-                for v in (lengths, _pad_before(lengths, starts, n))
-            )
+            # one asynchronous copy for the batch's host integers; the targets are indexed where they live
+            lengths, before, on_dev = upload(np.stack([lengths, _pad_before(lengths, starts, n), idx]), data.device)
+            ys = [y[on_dev] for y in self._targets_on(data.device)]
             return (_with_lengths(AudioTensor(data, sr=sr), lengths, before, full), *ys)
+        ys = [y[torch.from_numpy(idx)] for y in self.ys]
         data, lengths = self.store.gather(rows, n, starts, self.pad_mode)
         before = _pad_before(lengths, starts, n)
         if not self.after_item.fs:

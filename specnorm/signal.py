@@ -139,7 +139,24 @@ def _resampler(orig_sr, new_sr, device):
         banded = _BandedResampler(polyphase.kernel, polyphase.width, orig, new)
         if banded.useful:
             return banded
-    return polyphase.to(device)
+    return _FullPrecision(polyphase.to(device)) if device.type == "cuda" else polyphase.to(device)
+
+
+class _FullPrecision:
+    """A module run with cuDNN's TF32 convolutions off. torch allows them by default on Ampere and later GPUs:
+    a 10-bit mantissa for the products put errors of 1e-3 into resampled audio (measured on an H200: 4e-4 against
+    the CPU's result), where float32 gives 1e-7; the resampling convolution is a small part of a batch's time."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, x):
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return self.module(x)
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
 
 
 def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:

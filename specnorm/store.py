@@ -60,6 +60,19 @@ class StoreError(ValueError):
     "A store on disk is truncated, corrupt, or from another version; the message names its files."
 
 
+def upload(host: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host integers (numpy, any int or bool dtype) as an int64 tensor on `device`, in one copy that does not wait
+    for the device. From pageable memory a host-to-device copy makes the driver synchronize with the stream first
+    (CUDA's "API synchronization behavior"): the loader would wait for the training step in flight before making
+    the next batch. Page-locked memory (torch's caching host allocator: no new allocation per batch) copies
+    asynchronously.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(host, dtype=np.int64))
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _progress_wanted():
     "A progress bar only where someone watches it: `specnorm.progress.interactive` decides (`SPECNORM_PROGRESS`)."
     from .progress import interactive
@@ -188,10 +201,8 @@ class WaveformStore:
         repeat = (t_np < n) if pad_mode == "repeat" else np.zeros(len(rows), dtype=bool)
         lengths = np.where(repeat, n, np.minimum(starts + n, t_np) - np.maximum(starts, 0))
 
-        def to_dev(a):
-            return torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)
-
-        t, offsets, first, rep = to_dev(t_np), to_dev(self.offsets[rows]), to_dev(starts), to_dev(repeat)
+        t, offsets, first, rep = upload(np.stack([t_np, self.offsets[rows], starts, repeat]), dev)
+        rep = rep.bool()
         steps = torch.arange(n, device=dev)[None]
         pos = first[:, None] + steps  # [B, n], in samples of each clip
         pos = torch.where(rep[:, None], steps % t[:, None], pos)  # short clips repeat from their start

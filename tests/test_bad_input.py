@@ -306,8 +306,8 @@ def test_test_dl_and_predict_style_inputs_take_paths(tmp_path, cached):
     by_str = dls.test_dl([str(f) for f in fns]).one_batch()[0]
     by_path = dls.test_dl(fns).one_batch()[0]
     expected = np.stack([sf.read(f, dtype="float32")[0][None] for f in fns[:2]])
-    np.testing.assert_array_equal(by_path.numpy(), expected)
-    np.testing.assert_array_equal(by_str.numpy(), expected)
+    np.testing.assert_array_equal(by_path.cpu().numpy(), expected)  # batches are on the loaders' device
+    np.testing.assert_array_equal(by_str.cpu().numpy(), expected)
 
 
 # -- the cache: corrupt entries, killed writers, rewrites, duplicates (items 13, 14) ----------------------

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn as nn
+from fastai.torch_core import default_device
 from fastai.vision.models.xresnet import xresnet18
 
 from specnorm.config import AudioConfig
@@ -371,7 +372,7 @@ def test_compare_prints_its_plan_first_and_the_plan_changes_no_result(synth, mon
     n_valid = int((df.fold == 1).sum())
     assert lines[0] == (
         f"plan: 2 methods (none, channel) x 1 run x 1 epoch, each epoch {len(df) - n_valid} training clips "
-        f"({(len(df) - n_valid) // 4} batches of 4) and {n_valid} validation clips, on cpu"
+        f"({(len(df) - n_valid) // 4} batches of 4) and {n_valid} validation clips, on {default_device()}"
     )
     estimate = re.fullmatch(r"estimated time: about (\d+) s \(one batch timed here: loading .*\)", lines[1])
     assert estimate and int(estimate[1]) >= 0

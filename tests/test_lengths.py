@@ -99,8 +99,8 @@ def test_padded_statistics_equal_those_of_the_clips_alone(tmp_path, pad_mode):
     glob, chan = compute_stats(dls.train, progress=False)
     for rec, axes in ((glob, GLOBAL_AXES), (chan, CHANNEL_AXES)):
         mean, std = reference(specs, axes)
-        np.testing.assert_allclose(rec.mean.double().flatten().numpy(), mean, rtol=1e-5, atol=1e-4)
-        np.testing.assert_allclose(rec.std.double().flatten().numpy(), std, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(rec.mean.double().flatten().cpu().numpy(), mean, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(rec.std.double().flatten().cpu().numpy(), std, rtol=1e-5, atol=1e-4)
     # SpecNormalize's setups: the same statistics; padded frames of a normalized batch are 0
     for axes in (GLOBAL_AXES, CHANNEL_AXES):
         norm = SpecNormalize(axes=axes, progress=False)
@@ -141,7 +141,8 @@ def per_clip(spec):
     "The valid frames of each clip of a padded spectrogram batch, as float64 numpy arrays."
     first, n = spec.pad_before.tolist(), spec.lengths.tolist()
     return [
-        spec[i].as_subclass(torch.Tensor)[..., f : f + k].double().numpy() for i, (f, k) in enumerate(zip(first, n))
+        spec[i].as_subclass(torch.Tensor)[..., f : f + k].double().cpu().numpy()
+        for i, (f, k) in enumerate(zip(first, n))
     ]
 
 

@@ -1,6 +1,7 @@
 """resample, Resample, DownmixMono, ResizeSignal."""
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -121,8 +122,8 @@ def test_direct_evaluation_equals_torchaudio_polyphase_kernel(orig, new, device)
     "The bounded-memory path is the same filter: it agrees with torchaudio where torchaudio's kernel is small."
     x = torch.randn(2, 1, orig // 2, generator=torch.Generator().manual_seed(0)).to(device)
     g = math.gcd(orig, new)
-    direct = _DirectResampler(orig // g, new // g, device)(x)
-    expected = AF.resample(x, orig, new)
+    direct = _DirectResampler(orig // g, new // g, device)(x).cpu()
+    expected = AF.resample(x.cpu(), orig, new)  # the CPU's float32: torchaudio's CUDA convolution may use TF32
     assert direct.shape == expected.shape
     torch.testing.assert_close(direct, expected, atol=2e-4, rtol=0)
 
@@ -153,7 +154,10 @@ def test_coprime_rates_resample_in_bounded_memory_and_match_the_band_limited_sig
             print('torchaudio does not fit')
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # Two threads, as on a 2-core machine: each thread's malloc arena reserves 64 MB of address space (not
+    # memory), which on a 16-core machine alone would fill the limit.
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MALLOC_ARENA_MAX": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     err, torchaudio_note = out.stdout.split()[0], out.stdout.split("\n")[1]
     assert float(err) < 1e-3
