@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from .common import markdown_table, timeit
+from .common import kernel_time, markdown_table, timeit
 
 SR, HOP = 16000, 160
 
@@ -112,13 +112,16 @@ def run(device="cpu", smoke=False):
 
     table = markdown_table(("specnorm", "baseline", "speed-up"), [(a, c, f"{r:.1f}x") for a, c, r in rows])
     # Against the memory-bound limit: each transform's time as a multiple of `x.clone()` of its input.
-    clone_rows = []
+    clone_rows, device_is_cuda = [], torch.device(device).type == "cuda"
     for name, fn, x in (
         ("InstanceSpecNorm()", lambda: InstanceSpecNorm()(spec), db),
         ("SlidingSpecNorm(300)", lambda: SlidingSpecNorm(window=300)(spec), db),
         ("PCEN()", lambda: PCEN()(lin), lin),
     ):
-        clone_rows.append((name, f"{time(fn) / time(lambda: x.clone()):.1f}x"))
+        row = (name, f"{time(fn) / time(lambda: x.clone()):.1f}x")
+        if device_is_cuda:
+            row += (f"{kernel_time(fn) / kernel_time(lambda: x.clone()):.1f}x",)
+        clone_rows.append(row)
     return (
         f"### Statistics-free transforms, {device}\n\nA batch of {b} spectrograms of {f} x {t} frames "
         f"({t * HOP / SR:g} s at a {HOP}-sample hop) and of {b} waveforms of {seconds:g} s at {SR // 1000} kHz; "
@@ -127,5 +130,5 @@ def run(device="cpu", smoke=False):
         + table
         + "\n\nThe same transforms as a multiple of `x.clone()` of their input batch (the memory-bound limit; "
         "lower is better; NaN/Inf checks included, deferred on the device).\n\n"
-        + markdown_table(("specnorm", "time / clone"), clone_rows)
+        + markdown_table(("specnorm", "time / clone") + (("GPU time / clone's",) if device_is_cuda else ()), clone_rows)
     )

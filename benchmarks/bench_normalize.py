@@ -5,7 +5,7 @@ import torch
 from fastai.data.transforms import Normalize
 from fastai.torch_core import TensorImage
 
-from .common import markdown_table, timeit
+from .common import kernel_time, markdown_table, timeit
 
 
 def run(device="cpu", smoke=False):
@@ -17,7 +17,7 @@ def run(device="cpu", smoke=False):
     batches = [4] if smoke else [64] + ([256] if cuda else [])
     c, f, t = (1, 20, 30) if smoke else (1, 201, 401)
     repeat, rounds = (3, 1) if smoke else (25, 7)  # ~1 ms calls: many, to even out page faults
-    rows = []
+    rows, gpu_rows = [], []
     for b in batches:
         gen = torch.Generator().manual_seed(0)
         level = torch.linspace(-90, -20, f).reshape(1, 1, f, 1)
@@ -40,6 +40,16 @@ def run(device="cpu", smoke=False):
             ]
             ours.check()  # the deferred NaN/Inf check, once per run as once per epoch
             rows.append((f"`[{b}, {c}, {f}, {t}]`, {name} `axes={axes}`", *(f"{s / best[0]:.2f}x" for s in best[1:])))
+            if cuda:
+                gpu = [kernel_time(fn) for fn in fns]
+                ours.check()
+                gpu_rows.append(
+                    (
+                        f"`[{b}, {c}, {f}, {t}]`, {name}",
+                        f"{gpu[0] * 1e6:.1f} µs",
+                        *(f"{s / gpu[0]:.2f}x" for s in gpu[1:]),
+                    )
+                )
 
     table = markdown_table(
         ("batch, statistics", "fastai `Normalize`", "SpecNormalize", "SpecNormalize(check_finite=False)"), rows
@@ -50,5 +60,23 @@ def run(device="cpu", smoke=False):
         f"lower is better). fastai's `Normalize` computes `(x - mean) / std` on a `TensorImage`; SpecNormalize "
         f"is one multiply-add pass (`torch.add` with scalars for global statistics, `functional.affine`, a fused "
         f"batch-norm kernel, per row), plus, unless `check_finite=False`, one sum of the output whose result stays on "
-        f"the device (the deferred NaN/Inf check, `FiniteCheck(reduction='sum')`; no host sync).\n\n" + table
+        f"the device (the deferred NaN/Inf check, `FiniteCheck(reduction='sum')`; no host sync). Each call is "
+        f"timed on its own, with a sync after it (on a GPU: launch overhead and sync latency included).\n\n"
+        + table
+        + (
+            "\n\nGPU time alone (the kernels each call runs, from `torch.profiler`; what the call costs the device "
+            "while the host queues the next batch's work), as a multiple of the clone's:\n\n"
+            + markdown_table(
+                (
+                    "batch, statistics",
+                    "x.clone()",
+                    "fastai `Normalize`",
+                    "SpecNormalize",
+                    "SpecNormalize(check_finite=False)",
+                ),
+                gpu_rows,
+            )
+            if gpu_rows
+            else ""
+        )
     )

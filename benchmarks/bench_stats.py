@@ -5,7 +5,7 @@ import torch
 from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
 from specnorm.stats import StatsRecorder
 
-from .common import markdown_table, timeit
+from .common import kernel_time, markdown_table, timeit
 
 
 class PooledStdRecorder:
@@ -62,16 +62,23 @@ def run(device="cpu", smoke=False):
             row = [f"`{list(shape)}`, {name}", "1.00", f"{ours / base:.2f}", f"{ref / base:.2f}"]
             if cuda:
                 row.append(str(cuda_kernels(lambda: rec.update(x))))
+                gpu_base = kernel_time(lambda: torch.var_mean(x, dims, correction=0, keepdim=True))
+                row.append(f"{kernel_time(lambda: rec.update(x)) / gpu_base:.2f}")
             rows.append(tuple(row))
     header = ("batch, dims", "torch.var_mean", "StatsRecorder.update", "reference recorder")
-    header += ("CUDA kernels per update",) if cuda else ()
+    header += ("CUDA kernels per update", "GPU time / var_mean's") if cuda else ()
     return (
         f"### StatsRecorder.update, {device}\n\nTime of one `update` on a float32 batch on {device}, "
         "as a multiple of one float32 `torch.var_mean` over the same batch and dims (lower is faster). "
         "`StatsRecorder` is exact at any finite magnitude (values scaled by a power of two, float64 "
         "combination, NaN/Inf counted on the device, no host sync); the reference workflow's pooled-std "
         "recorder is float32 and counts batch items."
-        + (" On CUDA, the kernels one `update` launches, counted with `torch.profiler`." if cuda else "")
+        + (
+            " On CUDA, the kernels one `update` launches, counted with `torch.profiler`, and the GPU time of those "
+            "kernels alone (no launch overhead) as a multiple of var_mean's."
+            if cuda
+            else ""
+        )
         + "\n\n"
         + markdown_table(header, rows)
     )

@@ -26,6 +26,23 @@ def timeit(fn, device="cpu", repeat=7, warmup=2, number=1):
     return sorted(times)[len(times) // 2]
 
 
+def kernel_time(fn, number=10):
+    """Seconds of GPU work (kernels, copies, fills) one call of `fn` puts on the device, from torch.profiler's
+    CUDA activity over `number` calls after a warm-up call: what the call costs the GPU, apart from the host's
+    launch overhead and sync latency, which `timeit` includes (a GPU runs a training loop's transforms while
+    the host queues the next ones)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(number):
+            fn()
+        torch.cuda.synchronize()
+    busy_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return busy_us * 1e-6 / number
+
+
 def machine(device="cpu"):
     "One line naming the hardware a figure was measured on."
     if torch.device(device).type == "cuda":
