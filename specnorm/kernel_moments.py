@@ -55,15 +55,15 @@ def _kernels():
 
     @triton.jit
     def tile_kernel(
-        x_ptr, part_ptr, n_tiles, K, O, I, n_ib, tps, OMIT: tl.constexpr, RO: tl.constexpr, BI: tl.constexpr
+        x_ptr, part_ptr, n_tiles, n_stat, n_out, n_in, n_ib, tps, OMIT: tl.constexpr, RO: tl.constexpr, BI: tl.constexpr
     ):
         pid = tl.program_id(0)
         k = pid // tps  # the statistic; its tiles are partials [k * tps, (k + 1) * tps)
         t = pid % tps
-        ro = (t // n_ib) * RO + tl.arange(0, RO)
-        ii = (t % n_ib) * BI + tl.arange(0, BI)
-        inside = (ro < O)[:, None] & (ii < I)[None, :]
-        offs = (ro.to(tl.int64)[:, None] * K + k) * I + ii[None, :]
+        ro = (t // n_ib).to(tl.int64) * RO + tl.arange(0, RO)  # int64: a batch may hold 2**31 values or more
+        ii = (t % n_ib).to(tl.int64) * BI + tl.arange(0, BI)
+        inside = (ro < n_out)[:, None] & (ii < n_in)[None, :]
+        offs = (ro[:, None] * n_stat + k) * n_in + ii[None, :]
         v = tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float64)
         finite = tl.abs(v) < float("inf")  # False for NaN too
         nbad = tl.sum(tl.sum((inside & ~finite).to(tl.float64), axis=1), axis=0)
@@ -173,15 +173,15 @@ def layout(shape, dims) -> tuple[int, int, int] | None:
     return None
 
 
-def _tiles(O, I):
-    "Tile shape `(RO, BI)` (powers of two, RO * BI <= TILE) and the tiles per statistic."
-    bi = min(triton_next_pow2(I), TILE)
-    ro = min(triton_next_pow2(O), TILE // bi)
-    n_ib = -(-I // bi)
-    return ro, bi, n_ib, -(-O // ro) * n_ib
+def _tiles(n_out, n_in):
+    "Tile shape `(RO, BI)` (powers of two, RO * BI <= TILE), tiles along I, and tiles per statistic."
+    bi = min(_next_pow2(n_in), TILE)
+    ro = min(_next_pow2(n_out), TILE // bi)
+    n_ib = -(-n_in // bi)
+    return ro, bi, n_ib, -(-n_out // ro) * n_ib
 
 
-def triton_next_pow2(n: int) -> int:
+def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
@@ -208,17 +208,17 @@ def tile_moments(x: torch.Tensor, lay: tuple[int, int, int], omit: bool = False)
         >>> partials.shape, tps  # doctest: +SKIP
         (torch.Size([4, 3216]), 16)
     """
-    O, K, I = lay
-    if x.numel() != O * K * I or not x.is_contiguous() or x.dtype not in DTYPES:
+    n_out, n_stat, n_in = lay
+    if x.numel() != n_out * n_stat * n_in or not x.is_contiguous() or x.dtype not in DTYPES:
         raise ValueError(
-            f"tile_moments needs a contiguous {'/'.join(str(d) for d in DTYPES)} tensor of {O * K * I} values"
-            f" (layout {lay}), got a {x.dtype} tensor of shape {tuple(x.shape)}"
+            f"tile_moments needs a contiguous {'/'.join(str(d) for d in DTYPES)} tensor of"
+            f" {n_out * n_stat * n_in} values (layout {lay}), got a {x.dtype} tensor of shape {tuple(x.shape)}"
         )
     tile_kernel, _ = _kernels()
-    ro, bi, n_ib, tps = _tiles(O, I)
-    n_tiles = K * tps
+    ro, bi, n_ib, tps = _tiles(n_out, n_in)
+    n_tiles = n_stat * tps
     partials = torch.empty(4, n_tiles, dtype=torch.float64, device=x.device)
-    tile_kernel[(n_tiles,)](x, partials, n_tiles, K, O, I, n_ib, tps, OMIT=bool(omit), RO=ro, BI=bi)
+    tile_kernel[(n_tiles,)](x, partials, n_tiles, n_stat, n_out, n_in, n_ib, tps, OMIT=bool(omit), RO=ro, BI=bi)
     return partials, tps
 
 
@@ -237,7 +237,8 @@ def fold_moments(partials: torch.Tensor, tps: int, state, bad: torch.Tensor, nba
         >>> import torch
         >>> from specnorm.kernel_moments import fold_moments, tile_moments
         >>> x = torch.randn(8, 4, 100, device="cuda")  # doctest: +SKIP
-        >>> state, bad = torch.empty(3, 4, dtype=torch.float64, device="cuda"), torch.empty(3, dtype=torch.long, device="cuda")  # doctest: +SKIP
+        >>> state = torch.empty(3, 4, dtype=torch.float64, device="cuda")  # doctest: +SKIP
+        >>> bad = torch.empty(3, dtype=torch.long, device="cuda")  # doctest: +SKIP
         >>> fold_moments(*tile_moments(x, (8, 4, 100)), tuple(state), bad, nbatch=0, fresh=True)  # doctest: +SKIP
         >>> state[0].tolist(), bad.tolist()  # doctest: +SKIP
         ([800.0, 800.0, 800.0, 800.0], [-1, 0, 0])
