@@ -23,6 +23,11 @@ so on a GPU it only queues kernels. NaN/Inf values are therefore counted on the 
 `nan_policy='raise'` (the default) the ValueError naming the first offending batch and the counts is
 raised when statistics are next read (`mean`, `std`, `var`, `state_dict`, `save`, `merge`,
 `all_reduce`), not inside `update`. `nan_policy='omit'` leaves non-finite values out of every count.
+
+On CUDA, an unmasked float32/float16/bfloat16 batch whose statistics are contiguous runs (`GLOBAL_AXES`,
+`CHANNEL_AXES`) is folded in by two Triton kernels (`specnorm.kernel_moments`: one read of the batch,
+then an in-place fold into the running state and NaN/Inf bookkeeping), with the same results;
+`SPECNORM_TRITON=0` turns them off.
 """
 
 import contextlib
@@ -44,6 +49,7 @@ from safetensors.torch import save as save_bytes
 from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import DistributedSampler
 
+from . import kernel_moments
 from ._io import write_atomic
 from .audio import AudioSpectrogram
 from .distributed import STATUS_EVERY, agree, is_distributed, rank, shard, world_size
@@ -274,6 +280,18 @@ class StatsRecorder:
                 raise ValueError(
                     f"mask of shape {tuple(mask.shape)} does not broadcast to the batch's shape {tuple(x.shape)}"
                 )
+        lay = None
+        if mask is None and x.dtype in kernel_moments.DTYPES and (self._state is None or x.device == self.device):
+            lay = kernel_moments.layout(x.shape, self.red_dims) if kernel_moments.use_triton(x) else None
+        if lay is not None:  # CUDA: two Triton kernels, in place (specnorm.kernel_moments)
+            shape = _stat_shape(x.shape, self.red_dims)
+            self._state, self._bad = kernel_moments.update_moments(
+                x, lay, self._state, self._bad, self.nbatches, self.nan_policy == "omit", shape
+            )
+            self.batch_shape = self.batch_shape or tuple(x.shape)
+            self.nbatches += 1
+            self.nobservations += x.shape[0]
+            return self
         batch, nonfinite = moments(x, self.red_dims, mask, omit_nonfinite=self.nan_policy == "omit")
         if self._state is None:
             self.batch_shape, self._state = tuple(x.shape), tuple(batch)
