@@ -151,7 +151,7 @@ def layout(shape, dims) -> tuple[int, int, int] | None:
     Example:
         >>> from specnorm.kernel_moments import layout
         >>> layout((64, 1, 201, 401), (0, 2, 3)), layout((64, 1, 201, 401), (0, 1, 3)), layout((8, 5), (0,))
-        ((1, 1, 5160064), (64, 201, 401), None)
+        ((1, 1, 5158464), (64, 201, 401), None)
     """
     dims = {d % len(shape) for d in dims}
     groups = []  # [reduced?, size]
