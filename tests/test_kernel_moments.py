@@ -5,6 +5,7 @@ shapes; on a GPU machine the same tests run them compiled, and the public path r
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,14 @@ def test_kernels_compile_for_hopper():
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_benchmark_smoke(device):
+    "benchmarks/gpu_kernels.py's rows in smoke mode (timings are never asserted): the triton path on CUDA."
+    from benchmarks.gpu_kernels import bench_moments
+
+    rows = bench_moments(device, smoke=True)
+    assert all(len(r) == 2 and float(r[1]) > 0 for r in rows)
+    kernels = [int(m[1]) for r in rows if (m := re.search(r", triton, (\d+) kernels", r[0]))]
+    assert len(kernels) == (2 if torch.device(device).type == "cuda" else 0)
+    assert all(n <= 8 for n in kernels)  # the goal; kernel_moments launches 2 per update
