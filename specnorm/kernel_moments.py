@@ -34,6 +34,7 @@ is not "0". Triton is imported on the first CUDA batch only (`_kernels`), so `im
 needs it; with `TRITON_INTERPRET=1` set before that import, the kernels run on CPU tensors (the tests).
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -261,5 +262,7 @@ def update_moments(x, lay, state, bad, nbatch, omit, stat_shape):
         state, bad, fresh = tuple(buf), torch.empty(3, dtype=torch.int64, device=x.device), True
     else:
         state, bad, fresh = tuple(t.contiguous() for t in state), bad.contiguous(), False
-    fold_moments(*tile_moments(x, lay, omit), state, bad, nbatch, fresh)
+    # triton launches on the current CUDA device: make it x's (a recorder on cuda:1 while cuda:0 is current)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        fold_moments(*tile_moments(x, lay, omit), state, bad, nbatch, fresh)
     return state, bad

@@ -21,6 +21,9 @@ from specnorm.stats import StatsRecorder
 
 pytest.importorskip("triton")
 
+# Where the launchers run: compiled on CUDA when present, else interpreted on the CPU (TRITON_INTERPRET=1)
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def reference(x, dims, omit=False):
     "Float64 two-pass (numpy) `(count, mean, m2)` over `dims`, kept with size 1; NaN/Inf left out with `omit`."
@@ -52,8 +55,10 @@ def kernel_update(x, dims, state=None, bad=None, nbatch=0, omit=False):
 def data(shape, scale, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     if scale >= 1e38:  # uniform over +-scale: the largest float32 magnitudes, whose float32 sums overflow
-        return ((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
-    return ((torch.randn(shape, generator=g, dtype=torch.float64) + 0.3) * scale).to(dtype)
+        x = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+    else:
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) + 0.3) * scale
+    return x.to(KERNEL_DEVICE, dtype)
 
 
 @pytest.mark.parametrize(
@@ -124,12 +129,12 @@ def test_nonfinite_counted_and_policies(dims):
     kept, bad = kernel_update(x, dims, omit=False)
     assert bad.tolist() == [0, 3, 3]
     ref = reference(x, dims)  # NaN where a statistic holds a NaN/Inf, as the eager path
-    np.testing.assert_array_equal(np.isfinite(kept[1].numpy().reshape(ref[1].shape)), np.isfinite(ref[1]))
-    np.testing.assert_array_equal(kept[0].numpy().reshape(ref[0].shape), ref[0])
+    np.testing.assert_array_equal(np.isfinite(kept[1].cpu().numpy().reshape(ref[1].shape)), np.isfinite(ref[1]))
+    np.testing.assert_array_equal(kept[0].cpu().numpy().reshape(ref[0].shape), ref[0])
 
 
 def test_all_values_omitted():
-    x = torch.full((2, 1, 2, 5), float("nan"))
+    x = torch.full((2, 1, 2, 5), float("nan"), device=KERNEL_DEVICE)
     x[:, :, 1] = 4.0
     (count, mean, m2), bad = kernel_update(x, CHANNEL_AXES, omit=True)
     assert count.flatten().tolist() == [0.0, 10.0] and mean.flatten().tolist() == [0.0, 4.0]
@@ -151,7 +156,7 @@ def test_updates_fold_into_running_state_and_first_bad_batch():
 
 @pytest.fixture
 def forced(monkeypatch):
-    "StatsRecorder takes the kernel path on CPU tensors too (interpreted): the public path, end to end."
+    "StatsRecorder takes the kernel path on KERNEL_DEVICE, CPU too (interpreted): the public path, end to end."
     monkeypatch.setattr(km, "use_triton", lambda x: True)
 
 
@@ -171,11 +176,11 @@ def test_recorder_kernel_path_equals_eager(forced, dims, tmp_path, monkeypatch):
     # merge, masked batch (eager) after kernel ones, save and load keep working on the kernel-made state
     both = rec + eager
     torch.testing.assert_close(both.count, 2 * eager.count)
-    rec.update(batches[0], mask=torch.ones(batches[0].shape, dtype=torch.bool))
+    rec.update(batches[0], mask=torch.ones_like(batches[0], dtype=torch.bool))
     eager.update(batches[0])
     torch.testing.assert_close(rec.std, eager.std, rtol=1e-6, atol=0)
     loaded = StatsRecorder.load(rec.save(tmp_path / "s.safetensors"))
-    torch.testing.assert_close(loaded.mean, eager.mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(loaded.mean, eager.mean.cpu(), rtol=1e-6, atol=0)
 
 
 def test_recorder_kernel_path_nan_policy(forced):
@@ -241,6 +246,9 @@ def test_kernels_compile_for_hopper():
     """The kernels compile to a cubin for sm_90 (H100/H200) on a machine without a GPU too: no type errors
     that the interpreter lets through. In a fresh process: triton imported in interpreter mode cannot compile."""
     pytest.importorskip("triton")
+
+# Where the launchers run: compiled on CUDA when present, else interpreted on the CPU (TRITON_INTERPRET=1)
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     from triton.backends import backends
 
     if "nvidia" not in backends:
