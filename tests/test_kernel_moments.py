@@ -246,9 +246,6 @@ def test_kernels_compile_for_hopper():
     """The kernels compile to a cubin for sm_90 (H100/H200) on a machine without a GPU too: no type errors
     that the interpreter lets through. In a fresh process: triton imported in interpreter mode cannot compile."""
     pytest.importorskip("triton")
-
-# Where the launchers run: compiled on CUDA when present, else interpreted on the CPU (TRITON_INTERPRET=1)
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     from triton.backends import backends
 
     if "nvidia" not in backends:
