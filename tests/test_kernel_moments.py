@@ -4,6 +4,7 @@ Without CUDA the kernels run in Triton's interpreter (tests/conftest.py sets TRI
 shapes; on a GPU machine the same tests run them compiled, and the public path runs on the `device` fixture.
 """
 
+import copy
 import os
 import re
 import subprocess
@@ -158,6 +159,14 @@ def test_updates_fold_into_running_state_and_first_bad_batch():
 def forced(monkeypatch):
     "StatsRecorder takes the kernel path on KERNEL_DEVICE, CPU too (interpreted): the public path, end to end."
     monkeypatch.setattr(km, "use_triton", lambda x: True)
+    calls, update = [], km.update_moments
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return update(*args)
+
+    monkeypatch.setattr(km, "update_moments", counted)
+    return calls
 
 
 @pytest.mark.parametrize("dims", [GLOBAL_AXES, CHANNEL_AXES])
@@ -166,6 +175,7 @@ def test_recorder_kernel_path_equals_eager(forced, dims, tmp_path, monkeypatch):
     rec = StatsRecorder(dims, correction=1)
     for x in batches:
         rec.update(x)
+    assert len(forced) == 3
     monkeypatch.setattr(km, "use_triton", lambda x: False)
     eager = StatsRecorder(dims, correction=1)
     for x in batches:
@@ -179,8 +189,19 @@ def test_recorder_kernel_path_equals_eager(forced, dims, tmp_path, monkeypatch):
     rec.update(batches[0], mask=torch.ones_like(batches[0], dtype=torch.bool))
     eager.update(batches[0])
     torch.testing.assert_close(rec.std, eager.std, rtol=1e-6, atol=0)
-    loaded = StatsRecorder.load(rec.save(tmp_path / "s.safetensors"))
-    torch.testing.assert_close(loaded.mean, eager.mean.cpu(), rtol=1e-6, atol=0)
+    path = rec.save(tmp_path / "s.safetensors")
+    torch.testing.assert_close(StatsRecorder.load(path).mean, eager.mean.cpu(), rtol=1e-6, atol=0)
+    after = copy.deepcopy(eager).update(batches[1])  # eager: batches 0, 1, 2, 0, 1
+    # the kernels fold into a state the eager path made (a masked first batch), and into a loaded one
+    monkeypatch.setattr(km, "use_triton", lambda x: True)
+    mixed = StatsRecorder(dims, correction=1).update(batches[0], mask=torch.ones_like(batches[0], dtype=torch.bool))
+    for x in batches[1:] + batches[:1]:
+        mixed.update(x)
+    torch.testing.assert_close(mixed.std, eager.std, rtol=1e-6, atol=0)
+    loaded = StatsRecorder.load(path, device=KERNEL_DEVICE).update(batches[1])
+    torch.testing.assert_close(loaded.std, after.std, rtol=1e-6, atol=0)
+    assert loaded.nbatches == 5 and loaded._bad.tolist() == [-1, 0, 0]
+    assert len(forced) == 3 + 3 + 1  # every unmasked batch took the kernels
 
 
 def test_recorder_kernel_path_nan_policy(forced):
@@ -191,7 +212,7 @@ def test_recorder_kernel_path_nan_policy(forced):
     with pytest.raises(ValueError, match=r"batch 1 \(counting from 0\) holds 1 NaN or Inf values \(2 in the 3"):
         _ = rec.mean
     rec = StatsRecorder(CHANNEL_AXES, nan_policy="omit").update(clean).update(dirty)
-    assert rec.omitted == 1 and rec.count.flatten().tolist() == [80, 80, 79]
+    assert len(forced) == 5 and rec.omitted == 1 and rec.count.flatten().tolist() == [80, 80, 79]
 
 
 def test_kill_switch_and_cpu(device, monkeypatch):
@@ -203,13 +224,16 @@ def test_kill_switch_and_cpu(device, monkeypatch):
 
 @pytest.mark.parametrize("dims", [GLOBAL_AXES, CHANNEL_AXES])
 @pytest.mark.parametrize("policy", ["raise", "omit"])
-def test_public_recorder_on_device(device, dims, policy):
+def test_public_recorder_on_device(device, dims, policy, monkeypatch):
     "The public path on each device (the kernels on CUDA), from the first call on, reading no value on the host."
     batches = [data((n, 1, 5, t), 3e38, seed=n).to(device) for n, t in ((4, 33), (1, 33), (3, 2))]
+    calls, update = [], km.update_moments
+    monkeypatch.setattr(km, "update_moments", lambda *args: calls.append(1) or update(*args))
     rec = StatsRecorder(dims, nan_policy=policy)
     with no_host_reads():
         for x in batches:
             rec.update(x)
+    assert len(calls) == (3 if torch.device(device).type == "cuda" else 0)
     rows = torch.cat([x.cpu().movedim(2, 0).reshape(5, -1) for x in batches], dim=1)  # [freq, all its values]
     ref = reference(rows, (1,) if dims == CHANNEL_AXES else (0, 1))
     assert_moments(rec._state, ref, 3e38, tol=1e-6)  # the eager CPU path centres in float32: 1e-9 relative
