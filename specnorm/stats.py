@@ -280,19 +280,31 @@ class StatsRecorder:
                 raise ValueError(
                     f"mask of shape {tuple(mask.shape)} does not broadcast to the batch's shape {tuple(x.shape)}"
                 )
-        lay = None
-        if mask is None and x.dtype in kernel_moments.DTYPES and (self._state is None or x.device == self.device):
-            lay = kernel_moments.layout(x.shape, self.red_dims) if kernel_moments.use_triton(x) else None
+        omit = self.nan_policy == "omit"
+        lay = self._kernel_layout(x, mask)
         if lay is not None:  # CUDA: two Triton kernels, in place (specnorm.kernel_moments)
             shape = _stat_shape(x.shape, self.red_dims)
             self._state, self._bad = kernel_moments.update_moments(
-                x, lay, self._state, self._bad, self.nbatches, self.nan_policy == "omit", shape
+                x, lay, self._state, self._bad, self.nbatches, omit, shape
             )
             self.batch_shape = self.batch_shape or tuple(x.shape)
-            self.nbatches += 1
-            self.nobservations += x.shape[0]
-            return self
-        batch, nonfinite = moments(x, self.red_dims, mask, omit_nonfinite=self.nan_policy == "omit")
+        else:
+            self._update_eager(x, mask, omit)
+        self.nbatches += 1
+        self.nobservations += x.shape[0]
+        return self
+
+    def _kernel_layout(self, x, mask):
+        "`kernel_moments.layout` of `x` when it takes the Triton kernels (unmasked, CUDA, same device), else None."
+        if mask is not None or x.dtype not in kernel_moments.DTYPES:
+            return None
+        if (self._state is not None and x.device != self.device) or not kernel_moments.use_triton(x):
+            return None
+        return kernel_moments.layout(x.shape, self.red_dims)
+
+    def _update_eager(self, x, mask, omit):
+        "`functional.moments` and `combine_moments`, and the NaN/Inf bookkeeping: any device, mask, layout."
+        batch, nonfinite = moments(x, self.red_dims, mask, omit_nonfinite=omit)
         if self._state is None:
             self.batch_shape, self._state = tuple(x.shape), tuple(batch)
             zero = torch.zeros((), dtype=torch.int64, device=x.device)  # made on the device: no host-to-device copy
@@ -308,9 +320,6 @@ class StatsRecorder:
                 self._bad[2] + nonfinite,
             ]
         )
-        self.nbatches += 1
-        self.nobservations += x.shape[0]
-        return self
 
     # -- reading statistics ---------------------------------------------------------------------
     @property
