@@ -44,8 +44,9 @@ import torch
 __all__ = ["DTYPES", "fold_moments", "layout", "tile_moments", "update_moments", "use_triton"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # read exactly as float64 by the kernels
-TILE = 2048  # values per tile of kernel 1 (float64 in registers: 16 per thread at 4 warps)
-CHUNK = 1024  # partials per step of kernel 2's loop
+TILE = 4096  # values per tile of kernel 1 (float64 in registers: 16 per thread at 8 warps)
+TILE_WARPS = 8
+CHUNK = 2048  # partials per step of kernel 2's loops ([256, 1, 201, 401]: 5040 global tiles, 3 steps)
 
 
 @functools.cache
@@ -86,13 +87,14 @@ def _kernels():
         k = tl.program_id(0)
         base = k.to(tl.int64) * tps
         zero = tl.sum(tl.zeros([CHUNK], dtype=tl.float64), axis=0)  # a float64 scalar for the loop carries
-        n, mean, m2 = zero, zero, zero
+        n, mean, m2, nbad = zero, zero, zero, zero
         for start in range(0, tps, CHUNK):
             j = start + tl.arange(0, CHUNK)
             inside = j < tps
             nj = tl.load(part_ptr + base + j, mask=inside, other=0.0)
             mj = tl.load(part_ptr + n_tiles + base + j, mask=inside, other=0.0)
             qj = tl.load(part_ptr + 2 * n_tiles + base + j, mask=inside, other=0.0)
+            nbad += tl.sum(tl.load(part_ptr + 3 * n_tiles + base + j, mask=inside, other=0.0), axis=0)
             nc = tl.sum(nj, axis=0)
             mc = tl.sum(nj * mj, axis=0) / tl.maximum(nc, 1.0)
             dj = mj - mc
@@ -114,9 +116,9 @@ def _kernels():
         tl.store(cnt_ptr + k, tot)
         tl.store(mean_ptr + k, ma + delta * w)
         tl.store(m2_ptr + k, qa + m2 + delta * delta * na * w)
-        if k == 0:  # the batch's NaN/Inf count, and the first-bad-batch bookkeeping
-            total = zero
-            for start in range(0, n_tiles, CHUNK):
+        if k == 0:  # the batch's NaN/Inf count (its own tiles', then the others'), and the bookkeeping
+            total = nbad
+            for start in range(tps, n_tiles, CHUNK):
                 j = start + tl.arange(0, CHUNK)
                 total += tl.sum(tl.load(part_ptr + 3 * n_tiles + j, mask=j < n_tiles, other=0.0), axis=0)
             nf = total.to(tl.int64)
@@ -207,7 +209,7 @@ def tile_moments(x: torch.Tensor, lay: tuple[int, int, int], omit: bool = False)
         >>> x = torch.randn(64, 201, 401, device="cuda")  # doctest: +SKIP
         >>> partials, tps = tile_moments(x, (64, 201, 401))  # doctest: +SKIP
         >>> partials.shape, tps  # doctest: +SKIP
-        (torch.Size([4, 3216]), 16)
+        (torch.Size([4, 1608]), 8)
     """
     n_out, n_stat, n_in = lay
     if x.numel() != n_out * n_stat * n_in or not x.is_contiguous() or x.dtype not in DTYPES:
@@ -219,7 +221,9 @@ def tile_moments(x: torch.Tensor, lay: tuple[int, int, int], omit: bool = False)
     ro, bi, n_ib, tps = _tiles(n_out, n_in)
     n_tiles = n_stat * tps
     partials = torch.empty(4, n_tiles, dtype=torch.float64, device=x.device)
-    tile_kernel[(n_tiles,)](x, partials, n_tiles, n_stat, n_out, n_in, n_ib, tps, OMIT=bool(omit), RO=ro, BI=bi)
+    tile_kernel[(n_tiles,)](
+        x, partials, n_tiles, n_stat, n_out, n_in, n_ib, tps, OMIT=bool(omit), RO=ro, BI=bi, num_warps=TILE_WARPS
+    )
     return partials, tps
 
 
