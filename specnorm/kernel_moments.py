@@ -133,15 +133,19 @@ def _kernels():
     return tile_kernel, fold_kernel
 
 
-def use_triton(x: torch.Tensor) -> bool:
-    "Whether `x` takes the Triton kernels: a CUDA tensor, triton importable, and `SPECNORM_TRITON` not '0'."
-    if not x.is_cuda or os.environ.get("SPECNORM_TRITON", "1") == "0":
-        return False
+@functools.cache
+def _importable() -> bool:
+    "Whether triton imports (asked once: a failed import is not retried on every batch)."
     try:
         _kernels()
     except ImportError:
         return False
     return True
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    "Whether `x` takes the Triton kernels: a CUDA tensor, triton importable, and `SPECNORM_TRITON` not '0'."
+    return x.is_cuda and os.environ.get("SPECNORM_TRITON", "1") != "0" and _importable()
 
 
 def layout(shape, dims) -> tuple[int, int, int] | None:
