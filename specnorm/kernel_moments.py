@@ -2,7 +2,9 @@
 
 What: the float64 `(count, mean, M2)` of each statistic of a batch (the values of `x` sharing an index
 outside the reduced dims), its NaN/Inf count, and their fold into a recorder's running state and
-first-bad-batch bookkeeping, exactly as `specnorm.functional.moments` and `combine_moments` compute them.
+first-bad-batch bookkeeping: what `specnorm.functional.moments` and `combine_moments` compute, with the
+same NaN/Inf counts and `nan_policy`. The values are float64 from the load on, so the statistics are the
+float64 two-pass ones to rounding (1e-15 relative; the eager path centres in float32: about 1e-8).
 
 Why: the eager path (`moments`, then `combine_moments`) takes about 60 small CUDA kernels per update. Here
 the batch is read once by one kernel, and a second, tiny kernel does everything else, in place, without
