@@ -45,7 +45,7 @@ def assert_moments(state, ref, scale, tol=1e-9):
 
 
 def kernel_update(x, dims, state=None, bad=None, nbatch=0, omit=False):
-    "Both kernels on `x` (interpreted on a CPU tensor), as `StatsRecorder.update` calls them."
+    "Both kernels on `x` (on KERNEL_DEVICE), as `StatsRecorder.update` calls them."
     dims = tuple(d % x.ndim for d in dims)
     lay = km.layout(x.shape, dims)
     assert lay is not None
