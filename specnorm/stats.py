@@ -23,6 +23,11 @@ so on a GPU it only queues kernels. NaN/Inf values are therefore counted on the 
 `nan_policy='raise'` (the default) the ValueError naming the first offending batch and the counts is
 raised when statistics are next read (`mean`, `std`, `var`, `state_dict`, `save`, `merge`,
 `all_reduce`), not inside `update`. `nan_policy='omit'` leaves non-finite values out of every count.
+
+On CUDA, an unmasked float32/float16/bfloat16 batch whose statistics are contiguous runs (`GLOBAL_AXES`,
+`CHANNEL_AXES`) is folded in by two Triton kernels (`specnorm.kernel_moments`: one read of the batch,
+then an in-place fold into the running state and NaN/Inf bookkeeping), with the same results;
+`SPECNORM_TRITON=0` turns them off.
 """
 
 import contextlib
@@ -44,6 +49,7 @@ from safetensors.torch import save as save_bytes
 from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import DistributedSampler
 
+from . import kernel_moments
 from ._io import write_atomic
 from .audio import AudioSpectrogram
 from .distributed import STATUS_EVERY, agree, is_distributed, rank, shard, world_size
@@ -274,7 +280,31 @@ class StatsRecorder:
                 raise ValueError(
                     f"mask of shape {tuple(mask.shape)} does not broadcast to the batch's shape {tuple(x.shape)}"
                 )
-        batch, nonfinite = moments(x, self.red_dims, mask, omit_nonfinite=self.nan_policy == "omit")
+        omit = self.nan_policy == "omit"
+        lay = self._kernel_layout(x, mask)
+        if lay is not None:  # CUDA: two Triton kernels, in place (specnorm.kernel_moments)
+            shape = _stat_shape(x.shape, self.red_dims)
+            self._state, self._bad = kernel_moments.update_moments(
+                x, lay, self._state, self._bad, self.nbatches, omit, shape
+            )
+            self.batch_shape = self.batch_shape or tuple(x.shape)
+        else:
+            self._update_eager(x, mask, omit)
+        self.nbatches += 1
+        self.nobservations += x.shape[0]
+        return self
+
+    def _kernel_layout(self, x, mask):
+        "`kernel_moments.layout` of `x` when it takes the Triton kernels (unmasked, CUDA, same device), else None."
+        if mask is not None or x.dtype not in kernel_moments.DTYPES:
+            return None
+        if (self._state is not None and x.device != self.device) or not kernel_moments.use_triton(x):
+            return None
+        return kernel_moments.layout(x.shape, self.red_dims)
+
+    def _update_eager(self, x, mask, omit):
+        "`functional.moments` and `combine_moments`, and the NaN/Inf bookkeeping: any device, mask, layout."
+        batch, nonfinite = moments(x, self.red_dims, mask, omit_nonfinite=omit)
         if self._state is None:
             self.batch_shape, self._state = tuple(x.shape), tuple(batch)
             zero = torch.zeros((), dtype=torch.int64, device=x.device)  # made on the device: no host-to-device copy
@@ -290,9 +320,6 @@ class StatsRecorder:
                 self._bad[2] + nonfinite,
             ]
         )
-        self.nbatches += 1
-        self.nobservations += x.shape[0]
-        return self
 
     # -- reading statistics ---------------------------------------------------------------------
     @property
