@@ -16,8 +16,9 @@ only, and the eager code in `specnorm.functional` stays the CPU path and the ref
   `dims` (each clip's channel, clip or frequency row). Two launches: a statistics kernel writes float64
   partial sums of `x - x0` and `(x - x0)^2` per (group, split), `x0` the group's first value (a shift
   that keeps the sums free of cancellation and makes a constant group's variance exactly 0); the
-  normalize kernel combines a row's partials and subtracts the mean before scaling, so a constant group
-  gives exact zeros. Float64 sums keep the statistics within ~1e-12 of a float64 two-pass.
+  normalize kernel combines a row's partials and centres before scaling, `((x - x0) - (mean - x0)) * s`,
+  so a constant group gives exact zeros and an offset far above the std costs no accuracy. Float64 sums
+  keep the statistics within ~1e-12 of a float64 two-pass, the outputs within a few float32 roundings.
 
 Dispatch (`enabled`): CUDA tensors, when triton imports and the environment variable `SPECNORM_TRITON`
 is not `"0"` (the kill switch). Triton is imported lazily, on the first CUDA tensor, so importing
@@ -139,15 +140,16 @@ def _instance_apply(
     poffs = (r[:, None] * splits + s[None, :]) * 2
     s1 = tl.sum(tl.load(part_ptr + poffs, mask=pmask, other=0.0), axis=1)
     s2 = tl.sum(tl.load(part_ptr + poffs + 1, mask=pmask, other=0.0), axis=1)
-    x0 = tl.load(x_ptr + r * n, mask=row_ok, other=0.0).to(tl.float64)
-    d = s1 / n
+    x0 = tl.load(x_ptr + r * n, mask=row_ok, other=0.0)
+    d = s1 / n  # mean - x0
     var = tl.maximum(s2 / n - d * d, 0.0)
-    mean = (x0 + d).to(x_ptr.dtype.element_ty)  # a constant row: exactly x0 (d is 0)
     scale = (1.0 / tl.maximum(tl.sqrt(var), eps)).to(x_ptr.dtype.element_ty)
     mask = row_ok[:, None] & (t < n)[None, :]
     offs = r[:, None] * n + t[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    y = (x - mean[:, None]) * scale[:, None]
+    # x - mean as (x - x0) - d: both differences are on the scale of the std, so a large offset costs no
+    # accuracy (a mean rounded to float32 would: 1e4 +- 1 is off by ~4e-5 std); a constant row gives 0 - 0
+    y = ((x - x0[:, None]) - d.to(x_ptr.dtype.element_ty)[:, None]) * scale[:, None]
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import os
 import socket
 import time
 
@@ -10,6 +11,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
