@@ -17,8 +17,14 @@ only, and the eager code in `specnorm.functional` stays the CPU path and the ref
   partial sums of `x - x0` and `(x - x0)^2` per (group, split), `x0` the group's first value (a shift
   that keeps the sums free of cancellation and makes a constant group's variance exactly 0); the
   normalize kernel combines a row's partials and centres before scaling, `((x - x0) - (mean - x0)) * s`,
-  so a constant group gives exact zeros and an offset far above the std costs no accuracy. Float64 sums
-  keep the statistics within ~1e-12 of a float64 two-pass, the outputs within a few float32 roundings.
+  so a constant group gives exact zeros and an offset far above the std costs no accuracy. Each lane of
+  the statistics kernel adds a few values in `x`'s dtype, lanes and splits are summed in float64: the
+  outputs stay within 1e-6 (in units of std) of a float64 two-pass, a few float32 roundings.
+
+Measured on an H200 (triton 3.6, `[B, 1, 201, 401]` float32, time / `x.clone()`, kernels launched directly):
+the checked affine 1.07x (one value) and 1.16x (per frequency row) at B=64, 1.00x and 1.14x at B=256;
+instance norm 1.8x / 1.7x over `(2, 3)` and 2.2x over `(3,)` at B=64 / 256 (rows of 401 values are not
+16-byte aligned, so every load is a scalar one).
 
 Dispatch (`enabled`): CUDA tensors, when triton imports and the environment variable `SPECNORM_TRITON`
 is not `"0"` (the kill switch). Triton is imported lazily, on the first CUDA tensor, so importing
@@ -37,8 +43,8 @@ __all__ = ["affine", "enabled", "instance_layout", "instance_norm"]
 _FLAT = 4096  # values per program of the flat affine
 _TILE = 4096  # values per program of a 2-D tile (rows x columns)
 _MAX_COLS = 1024  # columns of a tile, at most
-_PROGRAMS = 1024  # statistics programs to aim for: several per SM, so the reduction runs at full bandwidth
-_STATS_BLOCK = 1024  # values per step of a statistics program
+_PROGRAMS = 16384  # statistics programs to aim for: many per SM, so the reduction runs at full bandwidth
+_STATS_TILE = 1024  # values per step of a statistics program (measured best of 1024-4096 on an H200)
 _MAX_SPLITS = 64  # programs per group of the statistics kernel, at most
 
 
@@ -97,23 +103,30 @@ def _affine_rows(
 
 
 @_jit
-def _instance_stats(x_ptr, part_ptr, n, splits, chunk, BLOCK: tl.constexpr):
-    # part[g, s] = (sum(x - x0), sum((x - x0)^2)) in float64 over the split s of group g
+def _instance_stats(x_ptr, part_ptr, rows, n, splits, chunk, ROWS: tl.constexpr, COLS: tl.constexpr):
+    # part[r, s] = (sum(x - x0), sum((x - x0)^2)) over the split s of row r, x0 its first value; a program
+    # sums ROWS rows (short rows: many per program) over one split, COLS values at a time. Each lane adds up
+    # chunk / COLS values in x's dtype (at most a few: _MAX_SPLITS splits), then the lanes are summed in
+    # float64: float64 arithmetic on every value (a quarter-rate conversion, half-rate adds) ran at half the
+    # memory bandwidth.
     pid = tl.program_id(0).to(tl.int64)
-    g, s = pid // splits, pid % splits
-    base = x_ptr + g * n
-    x0 = tl.load(base).to(tl.float64)
+    r = (pid // splits) * ROWS + tl.arange(0, ROWS)
+    s = pid % splits
+    row_ok = r < rows
+    x0 = tl.load(x_ptr + r * n, mask=row_ok, other=0.0)
     start = s * chunk
-    acc1 = tl.zeros((BLOCK,), dtype=tl.float64)
-    acc2 = tl.zeros((BLOCK,), dtype=tl.float64)
-    for i in range(0, chunk, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = (offs < n) & (offs < start + chunk)
-        d = tl.where(mask, tl.load(base + offs, mask=mask, other=0.0).to(tl.float64) - x0, 0.0)
+    acc1 = tl.zeros((ROWS, COLS), dtype=x_ptr.dtype.element_ty)
+    acc2 = tl.zeros((ROWS, COLS), dtype=x_ptr.dtype.element_ty)
+    for i in range(0, chunk, COLS):
+        t = start + i + tl.arange(0, COLS)
+        mask = row_ok[:, None] & ((t < n) & (t < start + chunk))[None, :]
+        x = tl.load(x_ptr + r[:, None] * n + t[None, :], mask=mask, other=0.0)
+        d = tl.where(mask, x - x0[:, None], 0.0)
         acc1 += d
         acc2 += d * d
-    tl.store(part_ptr + pid * 2, tl.sum(acc1, axis=0))
-    tl.store(part_ptr + pid * 2 + 1, tl.sum(acc2, axis=0))
+    out = part_ptr + (r * splits + s) * 2
+    tl.store(out, tl.sum(acc1.to(tl.float64), axis=1), mask=row_ok)
+    tl.store(out + 1, tl.sum(acc2.to(tl.float64), axis=1), mask=row_ok)
 
 
 @_jit
@@ -169,10 +182,10 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def _tile(rows: int, cols: int) -> tuple[int, int]:
-    "A tile `(ROWS, COLS)` of about `_TILE` values, powers of two, no wider than the data needs."
+def _tile(rows: int, cols: int, size: int = _TILE) -> tuple[int, int]:
+    "A tile `(ROWS, COLS)` of about `size` values, powers of two, no wider than the data needs."
     width = min(_pow2(cols), _MAX_COLS)
-    return min(max(1, _TILE // width), _pow2(rows)), width
+    return min(max(1, size // width), _pow2(rows)), width
 
 
 def affine(x: Tensor, scale: Tensor | float, shift: Tensor | float, count: Tensor | None = None) -> Tensor:
@@ -266,13 +279,15 @@ def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
     y = torch.empty_like(x)
     if not x.numel():
         return y
-    # split long groups between programs (at most _MAX_SPLITS partials per row for the normalize kernel)
-    block = min(_STATS_BLOCK, _pow2(n))
-    splits = min(max(1, _PROGRAMS // groups), math.ceil(n / block), _MAX_SPLITS)
-    chunk = math.ceil(math.ceil(n / splits) / block) * block  # values per program, whole steps
+    # a tile of rows (short rows) or a split of one row per program, enough programs to fill the GPU, and at
+    # most _MAX_SPLITS partial sums per row for the normalize kernel to combine
+    rows_per, cols = _tile(groups, n, _STATS_TILE)
+    row_blocks = math.ceil(groups / rows_per)
+    splits = min(max(1, _PROGRAMS // row_blocks), math.ceil(n / cols), _MAX_SPLITS)
+    chunk = math.ceil(math.ceil(n / splits) / cols) * cols  # values per program, whole steps
     splits = math.ceil(n / chunk)
     part = torch.empty(groups * splits * 2, dtype=torch.float64, device=x.device)
-    _instance_stats[(groups * splits,)](x, part, n, splits, chunk, block)
+    _instance_stats[(row_blocks * splits,)](x, part, groups, n, splits, chunk, rows_per, cols)
     tile_rows, tile_cols = _tile(groups, n)
     col_tiles = math.ceil(n / tile_cols)
     grid = (math.ceil(groups / tile_rows) * col_tiles,)
