@@ -1,23 +1,76 @@
-"""The Triton kernels against the eager paths they replace, on CUDA: time per call as a multiple of `x.clone()`.
+"""Speed of the Triton kernels on CUDA against a memory copy (`x.clone()` of the batch), timed in the same call.
 
-One function per kernel family, `bench_<name>(device)`, returning markdown rows `(name, time / clone)`.
+One function per kernel module, `bench_<name>(device)`, returning markdown rows `(name, time / clone)`; each
+kernel row comes with the eager path it replaces (`SPECNORM_TRITON=0`) timed in the same run.
+`python -m benchmarks.gpu_kernels` prints them all (CUDA only: on the CPU the kernels are not used).
 """
 
 import os
+import sys
 from unittest import mock
 
 import torch
 
-from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
-from specnorm.stats import StatsRecorder
+from .common import machine, markdown_table, timeit
 
-from .common import timeit
+BATCHES = (64, 256)
+SHAPE = (1, 201, 401)  # [C, F, T] of a spectrogram
+
+
+def _batch(b, device):
+    gen = torch.Generator().manual_seed(0)
+    level = torch.linspace(-90, -20, SHAPE[1]).reshape(1, 1, SHAPE[1], 1)
+    return (level + 10 * torch.randn(b, *SHAPE, generator=gen)).to(device)
+
+
+def _ratios(fns, device, repeat=50):
+    "Each `(name, fn)` timed with triton on and off (kill switch), as a ratio to a clone timed alongside."
+    rows = []
+    for name, x, fn in fns:
+        clone = timeit(lambda: x.clone(), device=device, repeat=repeat)
+        for switch in ("1", "0"):
+            os.environ["SPECNORM_TRITON"] = switch
+            t = timeit(fn, device=device, repeat=repeat)
+            rows.append((f"{name}, {'triton' if switch == '1' else 'eager'}", f"{t / clone:.2f}x"))
+    os.environ.pop("SPECNORM_TRITON", None)
+    return rows
+
+
+def bench_affine(device):
+    "SpecNormalize (check_finite on): the fused checked affine (`kernel_affine.affine`) against the eager path."
+    from specnorm.audio import AudioSpectrogram
+    from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
+    from specnorm.normalize import SpecNormalize
+
+    fns = []
+    for b in BATCHES:
+        x = _batch(b, device)
+        spec = AudioSpectrogram(x, sr=16000)
+        for name, axes in (("global", GLOBAL_AXES), ("per frequency row", CHANNEL_AXES)):
+            norm = SpecNormalize(x.mean(axes, keepdim=True).cpu(), x.std(axes, keepdim=True).cpu(), axes=axes)
+            fns.append((f"SpecNormalize {name}, B={b}", x, lambda norm=norm, spec=spec: norm(spec)))
+    return _ratios(fns, device)
+
+
+def bench_instance(device):
+    "functional.instance_norm: the two instance kernels (`kernel_affine.instance_norm`) against the eager path."
+    from specnorm.functional import instance_norm
+
+    fns = []
+    for b in BATCHES:
+        x = _batch(b, device)
+        for axes in ((2, 3), (3,)):
+            fns.append((f"instance_norm axes={axes}, B={b}", x, lambda x=x, axes=axes: instance_norm(x, axes)))
+    return _ratios(fns, device)
 
 
 def bench_moments(device, smoke=False):
     """`StatsRecorder.update` (kernel_moments: 2 launches) vs its eager path and `torch.var_mean`, per clone.
 
     Rows name the CUDA kernels one update launches (torch.profiler), after a warm-up update."""
+    from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
+    from specnorm.stats import StatsRecorder
+
     from .bench_stats import cuda_kernels
 
     cuda = torch.device(device).type == "cuda"
@@ -44,3 +97,15 @@ def bench_moments(device, smoke=False):
                 kernels = f", {n} kernels" if n is not None else ""
                 rows.append((f"`StatsRecorder.update` {list(shape)}, {where}, {path}{kernels}", f"{t / clone:.2f}"))
     return rows
+
+
+def main(device="cuda"):
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        sys.exit("benchmarks.gpu_kernels: the Triton kernels run on CUDA only (no CUDA device here)")
+    rows = [row for bench in (bench_affine, bench_instance, bench_moments) for row in bench(device)]
+    print(f"### Triton kernels ({machine(device)})\n")
+    print(markdown_table(("batch [B, 1, 201, 401] float32", "time / clone"), rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,7 @@ __all__ = [
     "SPEC_STD_EPS",
     "FiniteCheck",
     "affine",
+    "affine_layout",
     "affine_params",
     "check_axes",
     "check_eps",
@@ -89,6 +90,13 @@ MIN_WINDOW = 100
 AFFINE_MIN_RUN = 16
 # librosa.pcen's defaults (librosa 0.11).
 PCEN_DEFAULTS = dict(sr=22050, hop_length=512, gain=0.98, bias=2.0, power=0.5, time_constant=0.4, eps=1e-6)
+
+
+def _kernel_affine():
+    "`specnorm.kernel_affine`, imported on the first CUDA tensor (it imports triton; importing specnorm does not)."
+    from . import kernel_affine
+
+    return kernel_affine
 
 
 # -- argument checks (host-side, on arguments only) --------------------------------------------------
@@ -201,21 +209,30 @@ class FiniteCheck:
         "Forget every batch seen."
         self.nbatches = 0
         self._shapes: list[tuple[int, tuple[int, ...]]] = []  # (first batch, shape) at each change of shape
-        # Marks go into one preallocated float64 buffer `[fold_every, 2]` on the batches' device: small tensors
+        # Marks go into one preallocated float64 buffer `[fold_every, 3]` on the batches' device: small tensors
         # kept alive between batches would split the CPU heap around the large batch buffers, whose memory
         # then comes back from the system with page faults on every batch (measured 5-7x a clone).
         self._buf: Tensor | None = None
         self._n = 0  # marks in the buffer
         self._summary: Tensor | None = None  # float64 [first bad batch or inf, bad batches], on the marks' device
 
-    def update(self, y: Tensor, invalid: Tensor | None = None) -> None:
-        "Mark the batch `y` (and as bad when the 0-d bool tensor `invalid` is true). Queues kernels only."
-        y = y.as_subclass(Tensor).detach()
+    def _row(self, y: Tensor) -> Tensor:
+        "The mark row `[3]` of the batch `y` (registered here: its number and shape), zeros until written."
         if self._buf is not None and (self._buf.device != y.device or self._n == len(self._buf)):
             self._fold()
         if self._buf is None or self._buf.device != y.device:
-            self._buf = torch.empty(self.fold_every, 2, dtype=torch.float64, device=y.device)
+            self._buf = torch.zeros(self.fold_every, 3, dtype=torch.float64, device=y.device)
         row = self._buf[self._n]
+        self._n += 1
+        if not self._shapes or self._shapes[-1][1] != tuple(y.shape):
+            self._shapes.append((self.nbatches, tuple(y.shape)))
+        self.nbatches += 1
+        return row
+
+    def update(self, y: Tensor, invalid: Tensor | None = None) -> None:
+        "Mark the batch `y` (and as bad when the 0-d bool tensor `invalid` is true). Queues kernels only."
+        y = y.as_subclass(Tensor).detach()
+        row = self._row(y)[:2]
         if not y.numel():
             row.zero_()
         elif self.reduction == "sum":
@@ -225,10 +242,16 @@ class FiniteCheck:
             row[0], row[1] = low, high
         if invalid is not None:
             row.masked_fill_(invalid, math.nan)
-        self._n += 1
-        if not self._shapes or self._shapes[-1][1] != tuple(y.shape):
-            self._shapes.append((self.nbatches, tuple(y.shape)))
-        self.nbatches += 1
+
+    def count_cell(self, y: Tensor) -> Tensor:
+        """Register the batch `y` and return its float64 count cell (a 1-element view on `y`'s device, 0).
+
+        For a kernel that writes `y` and checks it in the same pass (`specnorm.kernel_affine`): it adds the
+        number of NaN/Inf values it wrote into the cell, and the batch is bad when the cell is > 0. No kernel
+        is queued here (the marks are zeroed when made and after each fold), so marking costs nothing extra.
+        `y` may be allocated but not yet written: only its shape and device are used.
+        """
+        return self._row(y.as_subclass(Tensor))[2:]
 
     def shape_of(self, batch: int) -> tuple[int, ...]:
         "The shape of batch number `batch` since the last check."
@@ -237,14 +260,15 @@ class FiniteCheck:
     def _fold(self) -> None:
         if not self._n:
             return
-        marks = self._buf[: self._n]  # [batches, 2]
+        marks = self._buf[: self._n]  # [batches, 3]: two reduced values, and a kernel's NaN/Inf count
         start = self.nbatches - self._n
         index = torch.arange(start, self.nbatches, device=marks.device, dtype=torch.float64)
-        bad = ~torch.isfinite(marks).all(1)
+        bad = ~torch.isfinite(marks[:, :2]).all(1) | (marks[:, 2] != 0)
         part = torch.stack([torch.where(bad, index, math.inf).amin(), bad.sum(dtype=torch.float64)])
         if self._summary is not None:
             prev = self._summary.to(marks.device)  # only when batches change device
             part = torch.stack([torch.minimum(prev[0], part[0]), prev[1] + part[1]])
+        marks.zero_()  # count cells start at 0 (one fill per fold, not one per batch)
         self._summary, self._n = part, 0
 
     def check(self) -> None:
@@ -304,6 +328,30 @@ def _unit_moments(channels: int, dtype: torch.dtype, device: torch.device) -> tu
     return torch.zeros(channels, dtype=dtype, device=device), torch.ones(channels, dtype=dtype, device=device)
 
 
+def affine_layout(x: Tensor, shape: Sequence[int]) -> tuple[int, int, int] | None:
+    """`x` viewed as `[before, channels, run]` for statistics of `shape`, or None when no such view exists.
+
+    `channels` spans the dims from the first to the last in which the statistics vary (for one value,
+    none: `channels` is 1 and `run` spans every dim after the leading one), and `run` counts the contiguous
+    values that share one scale and shift. None: `x` is 0-d or not contiguous, or the statistics vary
+    over dims that are not adjacent or do not match `x`'s sizes. Shapes only: no host read.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import affine_layout
+        >>> x = torch.zeros(4, 1, 201, 401)
+        >>> affine_layout(x, (1, 1, 201, 1)), affine_layout(x, (1,)), affine_layout(x, (1, 1, 201, 401))
+        ((4, 201, 401), (4, 1, 80601), (4, 80601, 1))
+    """
+    shape = (1,) * (x.ndim - len(shape)) + tuple(shape)
+    varying = [d for d, n in enumerate(shape) if n != 1]
+    # (for one value, channels start after the leading dim, so that a fused kernel still splits the batch)
+    first, last = (varying[0], varying[-1] + 1) if varying else (min(1, x.ndim), min(1, x.ndim))
+    if x.ndim == 0 or not x.is_contiguous() or any(shape[d] != x.shape[d] for d in range(first, last)):
+        return None
+    return math.prod(x.shape[:first]), math.prod(x.shape[first:last]), math.prod(x.shape[last:])
+
+
 def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """`x * scale + shift` in one pass over `x`, for statistic-shaped `scale` and `shift`.
 
@@ -311,7 +359,8 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     clone of a `[64, 1, 201, 401]` batch with per-row statistics on the CPU), and a three-operand
     `torch.addcmul` falls off torch's vectorized path (2-3x). Inference-mode batch norm is exactly this
     affine per channel, with mean 0, variance 1 and eps 0 (so `1 / sqrt(1 + 0) = 1`), in one fused
-    pass on the CPU and one kernel on CUDA: the batch is viewed as `[before, channels, after]`, where
+    pass on the CPU; on CUDA the same view takes one Triton kernel (`specnorm.kernel_affine`; batch norm
+    where triton is off): the batch is viewed as `[before, channels, after]` (`affine_layout`), where
     `channels` spans the dims in which the statistics vary. Results agree with the multiply-add to one
     rounding (the fused kernel may use a fused multiply-add). Statistics that vary over dims that are not
     adjacent, a batch that is not contiguous, or runs of fewer than `AFFINE_MIN_RUN` values per scale (the
@@ -333,21 +382,13 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
         tensor([[[[2.5000, 2.5000, 2.5000],
                   [2.0000, 2.0000, 2.0000]]]])
     """
-    shape = (1,) * (x.ndim - scale.ndim) + tuple(scale.shape)
-    varying = [d for d, n in enumerate(shape) if n != 1]
-    # channels: the dims from the first to the last in which the statistics vary (or, for one value, none
-    # after the leading dim, so that the fused kernel still splits the batch between threads)
-    first, last = (varying[0], varying[-1] + 1) if varying else (min(1, x.ndim), min(1, x.ndim))
-    run = math.prod(x.shape[last:])  # the contiguous values that share one scale and shift
-    if (
-        x.ndim == 0
-        or not x.is_contiguous()
-        or run < AFFINE_MIN_RUN
-        or any(shape[d] != x.shape[d] for d in range(first, last))
-    ):
+    layout = affine_layout(x, scale.shape)
+    if layout is None or layout[2] < AFFINE_MIN_RUN:
         return torch.mul(x, scale).add_(shift)
-    channels = math.prod(x.shape[first:last])
-    view = x.view(math.prod(x.shape[:first]), channels, run)
+    if x.is_cuda and _kernel_affine().enabled(x):
+        return _kernel_affine().affine(x, scale, shift)
+    channels = layout[1]
+    view = x.view(layout)
     zero, one = _unit_moments(channels, x.dtype, x.device)
     y = torch.batch_norm(view, scale.reshape(-1), shift.reshape(-1), zero, one, False, 0.0, 0.0, False)
     return y.view(x.shape)
@@ -665,8 +706,9 @@ def instance_norm(
     """Standardise each spectrogram of `x` over `axes`: `(x - mean) / max(std, eps)` (population std).
 
     Per-utterance CMVN. Statistics are float64 sums for a mask; otherwise, on the CPU, a float64 mean and
-    a centred second pass, and on other devices torch's `var_mean`; at least in float32 (float16 data with
-    std 400 has a variance float16 cannot hold).
+    a centred second pass; on CUDA, when `axes` are the trailing dims, two Triton kernels (float64 partial
+    sums, then one fused pass: `specnorm.kernel_affine`); elsewhere torch's `var_mean`. At least in
+    float32 (float16 data with std 400 has a variance float16 cannot hold).
 
     Args:
         x: `[B, C, F, T]` batch, or a `[C, F, T]` item (treated as a batch of one).
@@ -709,6 +751,9 @@ def instance_norm(
             ss = torch.linalg.vector_norm(out, 2, inner, keepdim=True).double().square_()
             var = (ss.sum(rest, keepdim=True) if rest else ss) / n
             out.mul_(var.sqrt_().clamp_(min=eps).reciprocal_().to(out.dtype))
+        elif x.is_cuda and _kernel_affine().enabled(x) and _kernel_affine().instance_layout(x, dims):
+            # two Triton kernels: float64 partial sums, then one fused (x - mean) * (1 / max(std, eps))
+            out = _kernel_affine().instance_norm(x, dims, eps)
         else:  # one reduction kernel on a GPU; then subtract first, so a constant gives exact zeros
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))

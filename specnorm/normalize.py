@@ -33,6 +33,7 @@ from .functional import (
     SPEC_STD_EPS,
     FiniteCheck,
     affine,
+    affine_layout,
     affine_params,
     check_axes,
     check_eps,
@@ -319,6 +320,15 @@ class SpecNormalize(Normalize):
         return {**self.__dict__, "_cache": {}}
 
     # -- transform -----------------------------------------------------------------------------
+    @staticmethod
+    def _fused(batch, scale):
+        "Whether the CUDA `batch` takes `kernel_affine` (dispatch rule and layouts: that module's docstring)."
+        from . import kernel_affine
+
+        if not kernel_affine.enabled(batch):
+            return False
+        return batch.is_contiguous() if isinstance(scale, float) else affine_layout(batch, scale.shape) is not None
+
     def _apply(self, x, decode):
         t = x.as_subclass(torch.Tensor)
         if not t.is_floating_point():
@@ -327,15 +337,24 @@ class SpecNormalize(Normalize):
             raise ValueError(f"SpecNormalize takes [B, C, F, T] batches or [C, F, T] items, got shape {tuple(t.shape)}")
         batch = t if t.ndim == 4 else t[None]
         scale, shift = self._params(batch, decode)
-        if isinstance(scale, float):
+        mask = None if decode else valid_mask(x)
+        check = self.check_finite and not decode
+        if mask is None and batch.is_cuda and self._fused(batch, scale):
+            # One Triton kernel: the affine, and the count of NaN/Inf outputs added into the batch's mark.
+            from . import kernel_affine  # imports triton: only once a CUDA batch arrives
+
+            if isinstance(scale, float):
+                scale, shift = self._scalars[decode]
+            y = kernel_affine.affine(batch, scale, shift, self.finite.count_cell(t) if check else None)
+            check = False
+        elif isinstance(scale, float):
             y = torch.add(shift, batch, alpha=scale)
         else:
             y = affine(batch, scale, shift)
         y = y if t.ndim == 4 else y[0]
-        mask = None if decode else valid_mask(x)
         if mask is not None:  # padded frames: 0, the standardized floor (they are masked out of the statistics)
             y = y.masked_fill_(~mask, 0)
-        if self.check_finite and not decode:
+        if check:
             self.finite.update(y)
         y = y.as_subclass(type(x))
         y.set_meta(x, as_copy=True)
