@@ -1149,6 +1149,11 @@ def pcen(
         b = pcen_smoothing_coef(time_constant, sr, hop_length)
     elif not torch.is_tensor(b) and not 0 <= b <= 1:
         raise ValueError(f"b must be between 0 and 1, not {b}")
+    if x.is_cuda and max_size == 1:  # one Triton pass (see specnorm.kernel_pcen); imported only here
+        from . import kernel_pcen
+
+        if kernel_pcen.use_kernel(x, gain, bias, power, b):
+            return kernel_pcen.pcen_rows(x, b, gain, bias, power, eps)
     ref = x
     if max_size > 1:  # maximum over neighbouring channels, as scipy's maximum_filter1d places it
         before = max_size // 2

@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime
+import os
 import socket
 import time
 
@@ -10,6 +11,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+
+# Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors (read when a kernel is defined)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
