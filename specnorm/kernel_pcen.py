@@ -46,6 +46,7 @@ except ImportError:  # no Triton: `use_kernel` says no, and nothing below runs
 __all__ = ["pcen_rows", "use_kernel"]
 
 ROWS, CHUNK = 16, 64  # rows per program, frames per tile; a [16, 64] float32 tile is 8 values per thread
+MIN_CHUNK = 16  # short series still get a 16-frame tile (masked): no degenerate [ROWS, 1] scans to compile
 NUM_WARPS = 4
 _GENERAL, _LOG, _ZERO_BIAS = 0, 1, 2  # the output formula, picked on the host from the arguments
 
@@ -112,7 +113,7 @@ def pcen_rows(
     for name, v in dict(b=b, gain=g, bias=s, power=p).items():
         if torch.is_tensor(v) and v.numel() not in (1, n_freq):
             raise ValueError(f"pcen_rows: {name} has {v.numel()} values; expected 1 or F = {n_freq}")
-    chunk = min(CHUNK, triton.next_power_of_2(n_frames))
+    chunk = min(CHUNK, max(MIN_CHUNK, triton.next_power_of_2(n_frames)))
     _pcen_kernel[(triton.cdiv(n_rows, ROWS),)](
         x, out, n_rows, n_frames, n_freq, b, b_step, g, g_step, s, s_step, p, p_step, float(eps),
         B_VEC=b_vec, G_VEC=g_vec, S_VEC=s_vec, P_VEC=p_vec, MODE=mode, ROWS=ROWS, CHUNK=chunk,

@@ -1,0 +1,71 @@
+"""The Triton kernels against `x.clone()` of the same batch, on CUDA, timed with CUDA events.
+
+One function per kernel, `bench_<kernel>(device)`, returns markdown rows `(name, time / clone)`; each ratio's
+clone is timed in the same call, on the same batch. Spectrogram batches are float32 `[B, 1, 201, 401]`, as in the
+GPU session that set the goals. Run on a GPU machine: `python -m benchmarks.gpu_kernels` (prints one table).
+"""
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+from .common import machine, markdown_table, timeit
+
+SHAPE = (1, 201, 401)  # [C, F, T] of one clip's spectrogram
+BATCHES = (64, 256)
+
+
+def cuda_time(fn, device, repeat=50, warmup=5):
+    "Median seconds of one call of `fn`: CUDA events around each call on CUDA, `common.timeit` elsewhere."
+    if torch.device(device).type != "cuda":
+        return timeit(fn, device, repeat=3, warmup=1)
+    for _ in range(warmup):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeat)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) / 1e3 for start, end in events)
+    return times[len(times) // 2]
+
+
+@contextmanager
+def triton_off():
+    "The eager path of the same functions: SPECNORM_TRITON=0 (the kill switch)."
+    before = os.environ.get("SPECNORM_TRITON")
+    os.environ["SPECNORM_TRITON"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SPECNORM_TRITON"]
+        else:
+            os.environ["SPECNORM_TRITON"] = before
+
+
+def bench_pcen(device="cuda", batches=BATCHES, shape=SHAPE):
+    "`functional.pcen` (librosa's defaults): the one-pass kernel, and the eager doubling scan, per clone."
+    from specnorm.functional import pcen
+
+    rows = []
+    for n in batches:
+        x = torch.rand(n, *shape, device=device)
+        clone = cuda_time(x.clone, device)
+        rows.append((f"pcen, B={n}", f"{cuda_time(lambda: pcen(x), device) / clone:.2f}x"))
+        with triton_off():
+            rows.append(
+                (f"pcen, eager (SPECNORM_TRITON=0), B={n}", f"{cuda_time(lambda: pcen(x), device) / clone:.2f}x")
+            )
+    return rows
+
+
+def main(device="cuda"):
+    rows = [row for name, fn in sorted(globals().items()) if name.startswith("bench_") for row in fn(device)]
+    print(f"### Triton kernels, {machine(device)}\n\n" + markdown_table(("", "time / clone"), rows))
+
+
+if __name__ == "__main__":
+    main("cuda" if torch.cuda.is_available() else "cpu")
