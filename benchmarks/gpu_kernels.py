@@ -62,6 +62,23 @@ def bench_pcen(device="cuda", batches=BATCHES, shape=SHAPE):
     return rows
 
 
+def bench_sliding(device="cuda", batches=BATCHES, shape=SHAPE, window=300):
+    "`functional.sliding_norm` (centred window of 300 frames, means only and with variances) per clone."
+    from specnorm.functional import sliding_norm
+
+    rows = []
+    for n in batches:
+        x = torch.randn(n, *shape, device=device) * 10 - 50  # dB-like values
+        clone = cuda_time(x.clone, device)
+        for norm_vars in (False, True):
+            run = lambda: sliding_norm(x, window, norm_vars=norm_vars)
+            name = f"sliding_norm({window}{', norm_vars' if norm_vars else ''}), B={n}"
+            rows.append((name, f"{cuda_time(run, device) / clone:.2f}x"))
+            with triton_off():
+                rows.append((f"{name}, eager", f"{cuda_time(run, device) / clone:.2f}x"))
+    return rows
+
+
 def main(device="cuda"):
     rows = [row for name, fn in sorted(globals().items()) if name.startswith("bench_") for row in fn(device)]
     print(f"### Triton kernels, {machine(device)}\n\n" + markdown_table(("", "time / clone"), rows))

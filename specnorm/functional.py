@@ -929,6 +929,11 @@ def sliding_norm(
     eps = check_eps(eps, positive=norm_vars)
     n_frames = x.shape[-1]
     windows = _frame_windows(n_frames, window, center, min_window)
+    if x.is_cuda:  # one Triton pass (see specnorm.kernel_sliding); imported only here
+        from . import kernel_sliding
+
+        if kernel_sliding.use_kernel(x):
+            return kernel_sliding.sliding_rows(x, window, center, norm_vars, min_window, eps)
     work = x.dtype
     # On CPU a float32 cumulative sum accumulates in float64 and rounds each window sum once: enough for
     # the mean. The variance E[z^2] - E[z]^2 cancels, so its sums are float64 wherever the device has it.

@@ -24,10 +24,11 @@ the tile is its last column. Offsets are int64 (a big batch has more than 2**31 
 `log`/`exp` near 1 (the GPU's fast approximations are accurate in absolute, not relative, terms there). The
 math is float32, as the eager path.
 
-Dispatch: `use_kernel` (the one rule) says whether a call may take this path: a float32 CUDA tensor, Triton
-importable, `SPECNORM_TRITON` not "0" (the kill switch), no gradient needed, parameter tensors with 1 or `F`
-values on the input's device. Triton is imported with this module, which `functional.pcen` imports only when a
-CUDA tensor arrives. Without CUDA, `TRITON_INTERPRET=1` (set before this import) runs the kernel on CPU tensors.
+Dispatch: `triton_enabled` is the rule of all the Triton kernels (a float32 CUDA tensor, Triton importable,
+`SPECNORM_TRITON` not "0", the kill switch, no gradient needed); `use_kernel` adds PCEN's: parameter tensors
+with 1 or `F` values on the input's device. Triton is imported with this module, which `functional.pcen`
+imports only when a CUDA tensor arrives. Without CUDA, `TRITON_INTERPRET=1` (set before this import) runs the
+kernel on CPU tensors.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ try:
 except ImportError:  # no Triton: `use_kernel` says no, and nothing below runs
     triton = tl = None
 
-__all__ = ["pcen_rows", "use_kernel"]
+__all__ = ["pcen_rows", "triton_enabled", "use_kernel"]
 
 ROWS, CHUNK = 16, 64  # rows per program, frames per tile; a [16, 64] float32 tile is 8 values per thread
 MIN_CHUNK = 16  # short series still get a 16-frame tile (masked): no degenerate [ROWS, 1] scans to compile
@@ -51,19 +52,23 @@ NUM_WARPS = 4
 _GENERAL, _LOG, _ZERO_BIAS = 0, 1, 2  # the output formula, picked on the host from the arguments
 
 
+def triton_enabled(x: Tensor, *tensors: Tensor) -> bool:
+    """The dispatch rule of the Triton kernels: `x` is a float32 CUDA tensor, Triton imports, the environment
+    variable `SPECNORM_TRITON` is not "0" (the kill switch), and no gradient is needed through `x` or `tensors`
+    (the kernels have no backward: training takes the eager path). Flags and dtypes only: no host read."""
+    if triton is None or not x.is_cuda or x.dtype != torch.float32 or os.environ.get("SPECNORM_TRITON") == "0":
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)))
+
+
 def use_kernel(x: Tensor, *params) -> bool:
     """Whether `pcen(x, ...)` with these `gain`, `bias`, `power`, `b` may run the Triton kernel.
 
-    Yes for a float32 CUDA tensor when Triton imports, the environment variable `SPECNORM_TRITON` is not "0",
-    no gradient is needed (`TrainablePCEN` trains through the eager path) and each parameter is a number or a
-    tensor of 1 or `F = x.shape[-2]` values on `x`'s device. Shapes and flags only: no host read.
+    Yes when `triton_enabled` (so `TrainablePCEN` trains through the eager path) and each parameter is a number
+    or a tensor of 1 or `F = x.shape[-2]` values on `x`'s device.
     """
-    if triton is None or not x.is_cuda or x.dtype != torch.float32 or os.environ.get("SPECNORM_TRITON") == "0":
-        return False
     tensors = [p for p in params if torch.is_tensor(p)]
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in tensors)):
-        return False
-    return all(p.numel() in (1, x.shape[-2]) and p.device == x.device for p in tensors)
+    return triton_enabled(x, *tensors) and all(p.numel() in (1, x.shape[-2]) and p.device == x.device for p in tensors)
 
 
 def _param(v, like: Tensor):
