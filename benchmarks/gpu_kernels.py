@@ -46,24 +46,49 @@ def triton_off():
             os.environ["SPECNORM_TRITON"] = before
 
 
-def bench_pcen(device="cuda", batches=BATCHES, shape=SHAPE):
-    "`functional.pcen` (librosa's defaults): the one-pass kernel, and the eager doubling scan, per clone."
+# Launch settings to compare, (rows per program, frames per tile, warps): the modules' defaults come first.
+TILES = ((16, 64, 8), (16, 64, 4), (32, 64, 8), (16, 128, 8), (8, 64, 4))
+
+
+@contextmanager
+def tiles(module, rows, chunk, warps):
+    "Launch `module`'s kernel with these settings (its ROWS, CHUNK, NUM_WARPS) inside the block."
+    before = module.ROWS, module.CHUNK, module.NUM_WARPS
+    module.ROWS, module.CHUNK, module.NUM_WARPS = rows, chunk, warps
+    try:
+        yield
+    finally:
+        module.ROWS, module.CHUNK, module.NUM_WARPS = before
+
+
+def kernel_rows(name, module, run, device, clone, settings):
+    "One row per launch setting (on CUDA only: elsewhere the kernel does not run), then one for the eager path."
+    rows = []
+    for n_rows, chunk, warps in settings if torch.device(device).type == "cuda" else ():
+        with tiles(module, n_rows, chunk, warps):
+            ratio = cuda_time(run, device) / clone
+        rows.append((f"{name}, kernel [{n_rows}, {chunk}] x {warps} warps", f"{ratio:.2f}x"))
+    with triton_off():
+        rows.append((f"{name}, eager (SPECNORM_TRITON=0)", f"{cuda_time(run, device) / clone:.2f}x"))
+    return rows
+
+
+def bench_pcen(device="cuda", batches=BATCHES, shape=SHAPE, settings=TILES):
+    "`functional.pcen` (librosa's defaults): the one-pass kernel at each launch setting, and the eager path."
+    from specnorm import kernel_pcen
     from specnorm.functional import pcen
 
     rows = []
     for n in batches:
         x = torch.rand(n, *shape, device=device)
         clone = cuda_time(x.clone, device)
-        rows.append((f"pcen, B={n}", f"{cuda_time(lambda: pcen(x), device) / clone:.2f}x"))
-        with triton_off():
-            rows.append(
-                (f"pcen, eager (SPECNORM_TRITON=0), B={n}", f"{cuda_time(lambda: pcen(x), device) / clone:.2f}x")
-            )
+        rows += kernel_rows(f"pcen, B={n}", kernel_pcen, lambda: pcen(x), device, clone, settings)
     return rows
 
 
-def bench_sliding(device="cuda", batches=BATCHES, shape=SHAPE, window=300):
+def bench_sliding(device="cuda", batches=BATCHES, shape=SHAPE, window=300, settings=TILES):
     "`functional.sliding_norm` (centred window of 300 frames, means only and with variances) per clone."
+    from specnorm import kernel_sliding
     from specnorm.functional import sliding_norm
 
     rows = []
@@ -73,9 +98,7 @@ def bench_sliding(device="cuda", batches=BATCHES, shape=SHAPE, window=300):
         for norm_vars in (False, True):
             run = lambda: sliding_norm(x, window, norm_vars=norm_vars)
             name = f"sliding_norm({window}{', norm_vars' if norm_vars else ''}), B={n}"
-            rows.append((name, f"{cuda_time(run, device) / clone:.2f}x"))
-            with triton_off():
-                rows.append((f"{name}, eager", f"{cuda_time(run, device) / clone:.2f}x"))
+            rows += kernel_rows(name, kernel_sliding, run, device, clone, settings)
     return rows
 
 

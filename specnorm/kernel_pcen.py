@@ -46,9 +46,9 @@ except ImportError:  # no Triton: `use_kernel` says no, and nothing below runs
 
 __all__ = ["pcen_rows", "triton_enabled", "use_kernel"]
 
-ROWS, CHUNK = 16, 64  # rows per program, frames per tile; a [16, 64] float32 tile is 8 values per thread
+ROWS, CHUNK = 16, 64  # rows per program, frames per tile
 MIN_CHUNK = 16  # short series still get a 16-frame tile (masked): no degenerate [ROWS, 1] scans to compile
-NUM_WARPS = 4
+NUM_WARPS = 8  # 4 values of a tile per thread: ~75 registers, 24 warps per SM (4 warps: 128, 16); ptxas, sm_90
 _GENERAL, _LOG, _ZERO_BIAS = 0, 1, 2  # the output formula, picked on the host from the arguments
 
 
@@ -176,10 +176,13 @@ if triton is not None:
         cols = tl.arange(0, CHUNK)[None, :]
         base = rows[:, None] * n_frames
         state = tl.zeros((ROWS,), tl.float32) + 1.0  # M[-1] = 1: the steady state for a unit input
+        e_next = tl.load(x_ptr + base + cols, mask=rmask[:, None] & (cols < n_frames), other=0.0)
         for t0 in range(0, n_frames, CHUNK):
             t = t0 + cols
             mask = rmask[:, None] & (t < n_frames)
-            e = tl.load(x_ptr + base + t, mask=mask, other=0.0)
+            e = e_next
+            # the next tile's load is issued now and waited for only in the next step: it overlaps this one's math
+            e_next = tl.load(x_ptr + base + t + CHUNK, mask=rmask[:, None] & (t + CHUNK < n_frames), other=0.0)
             # (A, S)[j]: the tile's frames 0..j composed: M[t0 + j] = A[j] M[t0 - 1] + S[j]
             a_cum, s_cum = tl.associative_scan((decay, b_r * e), 1, _affine_compose)
             m = s_cum + a_cum * state[:, None]

@@ -90,6 +90,15 @@ def test_per_channel_parameters(n_values):
         assert not torch.allclose(out, launch(x, b=b[0].item(), gain=gain, bias=bias, power=power))
 
 
+@pytest.mark.parametrize("rows,chunk", [(8, 64), (32, 64), (16, 128)])
+def test_other_launch_settings(rows, chunk, monkeypatch):
+    "The settings benchmarks/gpu_kernels.py compares give the same results."
+    monkeypatch.setattr(kernel_pcen, "ROWS", rows)
+    monkeypatch.setattr(kernel_pcen, "CHUNK", chunk)
+    x = energies((1, 3, 17, 130))
+    torch.testing.assert_close(launch(x).double(), reference(x), rtol=RTOL, atol=0)
+
+
 def test_nan_propagates_forward_in_its_row_only():
     x = energies((1, 1, 4, 70), seed=4)
     x[0, 0, 2, 40] = float("nan")
@@ -165,3 +174,47 @@ def test_use_kernel_wants_parameters_on_the_device_with_1_or_f_values(device):
     assert not use_kernel(x.cpu(), 0.5) and not use_kernel(x.half())
     if device.type == "cuda":
         assert not use_kernel(x, torch.ones(6))  # a parameter on another device: eager pcen raises torch's error
+
+
+# compiled for a GPU without one: the code the interpreter runs must also lower to PTX and machine code
+
+COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from specnorm import kernel_pcen as k
+
+ints = dict.fromkeys(("n_rows", "n_frames", "n_freq", "b_step", "gain_step", "bias_step", "power_step"), "i32")
+for vec, mode, chunk in [(False, 0, 64), (True, 0, 64), (False, 1, 16), (True, 2, 64)]:
+    params = dict.fromkeys(("b", "gain", "bias", "power"), "*fp32" if vec else "fp32")
+    flags = dict(B_VEC=vec, G_VEC=vec, S_VEC=vec, P_VEC=vec, MODE=mode, ROWS=k.ROWS, CHUNK=chunk)
+    signature = dict(x_ptr="*fp32", out_ptr="*fp32", **ints, **params, eps="fp32", **dict.fromkeys(flags, "constexpr"))
+    source = ASTSource(fn=k._pcen_kernel, signature=signature, constexprs=flags)
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.NUM_WARPS))
+    assert kernel.asm["cubin"], (vec, mode, chunk)
+print("compiled")
+"""
+
+
+def compile_offline(script):
+    "Run `script` in a fresh interpreter with Triton's compiler (no TRITON_INTERPRET); skip without its CUDA backend."
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    triton = pytest.importorskip("triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("Triton's CUDA backend (ptxas) is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_sm90_without_a_gpu():
+    "Each output formula, numbers and per-channel tensors, a short tile: Triton to PTX to sm_90 machine code (ptxas)."
+    compile_offline(COMPILE)

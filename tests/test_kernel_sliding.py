@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import no_host_reads
+from test_kernel_pcen import compile_offline
 from test_sliding import db_spec, numpy_sliding
 
 from specnorm import kernel_sliding
@@ -37,6 +38,16 @@ def test_launcher_matches_the_loop(n_frames, center, min_window, norm_vars):
     x = db_spec((1, 3, 17, n_frames), seed=n_frames)
     for window in (1, 2, 7, 64, 200):
         check(x, window, center, norm_vars, min_window)
+
+
+@pytest.mark.parametrize("rows,chunk", [(8, 64), (32, 64), (16, 128)])
+def test_other_launch_settings(rows, chunk, monkeypatch):
+    "The settings benchmarks/gpu_kernels.py compares give the same results."
+    monkeypatch.setattr(kernel_sliding, "ROWS", rows)
+    monkeypatch.setattr(kernel_sliding, "CHUNK", chunk)
+    x = db_spec((1, 3, 17, 300), seed=3)
+    for center, min_window in RULES[:2]:
+        check(x, 100, center, True, min_window)
 
 
 @pytest.mark.slow
@@ -113,3 +124,28 @@ def test_what_stays_eager(device, launches, monkeypatch):
     assert launches == []
     monkeypatch.delenv("SPECNORM_TRITON")
     assert use_kernel(x) == (device.type == "cuda")
+
+
+COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from specnorm import kernel_sliding as k
+
+ints = dict.fromkeys(("n_rows", "n_frames", "window", "min_window", "n_before"), "i32")
+for center in (True, False):
+    for norm_vars in (True, False):
+        flags = dict(CENTER=center, NORM_VARS=norm_vars, ROWS=k.ROWS, CHUNK=k.CHUNK)
+        signature = dict(x_ptr="*fp32", out_ptr="*fp32", **ints, eps2="fp32", **dict.fromkeys(flags, "constexpr"))
+        source = ASTSource(fn=k._sliding_kernel, signature=signature, constexprs=flags)
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.NUM_WARPS))
+        assert kernel.asm["cubin"], (center, norm_vars)
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_sm90_without_a_gpu():
+    "Centred and causal, with and without variances: Triton to PTX to sm_90 machine code (ptxas)."
+    compile_offline(COMPILE)
