@@ -218,3 +218,13 @@ def compile_offline(script):
 def test_kernel_compiles_for_sm90_without_a_gpu():
     "Each output formula, numbers and per-channel tensors, a short tile: Triton to PTX to sm_90 machine code (ptxas)."
     compile_offline(COMPILE)
+
+
+def test_gpu_benchmarks_run_at_tiny_sizes(device):
+    "benchmarks/gpu_kernels.py cannot rot: each function runs (kernel rows on CUDA only) and gives ratios."
+    from benchmarks.gpu_kernels import bench_pcen, bench_sliding
+
+    pcen_rows_ = bench_pcen(device, batches=(1,), shape=(1, 8, 20), settings=((16, 64, 8),))
+    sliding_rows_ = bench_sliding(device, batches=(1,), shape=(1, 8, 20), window=5, settings=((16, 64, 8),))
+    assert len(pcen_rows_) == 1 + (device.type == "cuda") and len(sliding_rows_) == 2 * len(pcen_rows_)
+    assert all(ratio.endswith("x") and float(ratio[:-1]) > 0 for _, ratio in pcen_rows_ + sliding_rows_)
