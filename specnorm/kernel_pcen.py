@@ -16,7 +16,8 @@ Launch layout: the input is viewed as `R = numel / T` rows of `T` contiguous fra
 and walks time in tiles of `[ROWS, CHUNK]` frames, loaded and stored coalesced along time. Within a tile the
 recursion is an associative scan of the affine maps `m -> a m + b E[t]` (`a = 1 - b`), whose composition gives
 both the tile's response from a zero state and the decay `a^(j+1)` of the state carried in; the state leaving
-the tile is its last column. Offsets are int64 (a big batch has more than 2**31 values). Masked lanes (rows past
+the tile is its last column. Each step issues the next tile's load before its own math, so the load overlaps
+it. Offsets are int64 (a big batch has more than 2**31 values). Masked lanes (rows past
 `R`, frames past `T`) load 0 and are never stored.
 
 `log1p` and `expm1` are computed here from `log2`/`exp2` plus short series near 0 (a Taylor series for
@@ -188,9 +189,9 @@ if triton is not None:
             m = s_cum + a_cum * state[:, None]
             state = tl.sum(tl.where(cols == CHUNK - 1, m, 0.0), 1)
             agc = e * tl.exp2(neg_gain * tl.log2(eps + m))
-            if MODE == 1:  # power == 0
+            if MODE == 1:  # _LOG: power == 0
                 y = _log1p(agc)
-            elif MODE == 2:  # bias == 0: agc^power; 0^power is 0, and 1 for power 0, as torch.pow
+            elif MODE == 2:  # _ZERO_BIAS: bias == 0: agc^power; 0^power is 0, and 1 for power 0, as torch.pow
                 zero = agc == 0
                 y = tl.exp2(power_r * tl.log2(tl.where(zero, 1.0, agc)))  # no log2(0) on padded lanes
                 y = tl.where(power_r == 0, 1.0, tl.where(zero, 0.0, y))
