@@ -7,6 +7,7 @@ kernel row comes with the eager path it replaces (`SPECNORM_TRITON=0`) timed in 
 
 import os
 import sys
+from contextlib import contextmanager
 from unittest import mock
 
 import torch
@@ -99,10 +100,100 @@ def bench_moments(device, smoke=False):
     return rows
 
 
+def cuda_time(fn, device, repeat=50, warmup=5):
+    "Median seconds of one call of `fn`: CUDA events around each call on CUDA, `common.timeit` elsewhere."
+    if torch.device(device).type != "cuda":
+        return timeit(fn, device, repeat=3, warmup=1)
+    for _ in range(warmup):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeat)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) / 1e3 for start, end in events)
+    return times[len(times) // 2]
+
+
+@contextmanager
+def triton_off():
+    "The eager path of the same functions: SPECNORM_TRITON=0 (the kill switch)."
+    before = os.environ.get("SPECNORM_TRITON")
+    os.environ["SPECNORM_TRITON"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SPECNORM_TRITON"]
+        else:
+            os.environ["SPECNORM_TRITON"] = before
+
+
+# Launch settings to compare, (rows per program, frames per tile, warps): the modules' defaults come first.
+TILES = ((16, 64, 8), (16, 64, 4), (32, 64, 8), (16, 128, 8), (8, 64, 4))
+
+
+@contextmanager
+def tiles(module, rows, chunk, warps):
+    "Launch `module`'s kernel with these settings (its ROWS, CHUNK, NUM_WARPS) inside the block."
+    before = module.ROWS, module.CHUNK, module.NUM_WARPS
+    module.ROWS, module.CHUNK, module.NUM_WARPS = rows, chunk, warps
+    try:
+        yield
+    finally:
+        module.ROWS, module.CHUNK, module.NUM_WARPS = before
+
+
+def kernel_rows(name, module, run, device, clone, settings):
+    "One row per launch setting (on CUDA only: elsewhere the kernel does not run), then one for the eager path."
+    rows = []
+    for n_rows, chunk, warps in settings if torch.device(device).type == "cuda" else ():
+        with tiles(module, n_rows, chunk, warps):
+            ratio = cuda_time(run, device) / clone
+        rows.append((f"{name}, kernel [{n_rows}, {chunk}] x {warps} warps", f"{ratio:.2f}x"))
+    with triton_off():
+        rows.append((f"{name}, eager (SPECNORM_TRITON=0)", f"{cuda_time(run, device) / clone:.2f}x"))
+    return rows
+
+
+def bench_pcen(device="cuda", batches=BATCHES, shape=SHAPE, settings=TILES):
+    "`functional.pcen` (librosa's defaults): the one-pass kernel at each launch setting, and the eager path."
+    from specnorm import kernel_pcen
+    from specnorm.functional import pcen
+
+    rows = []
+    for n in batches:
+        x = torch.rand(n, *shape, device=device)
+        clone = cuda_time(x.clone, device)
+        rows += kernel_rows(f"pcen, B={n}", kernel_pcen, lambda: pcen(x), device, clone, settings)
+    return rows
+
+
+def bench_sliding(device="cuda", batches=BATCHES, shape=SHAPE, window=300, settings=TILES):
+    "`functional.sliding_norm` (centred window of 300 frames, means only and with variances) per clone."
+    from specnorm import kernel_sliding
+    from specnorm.functional import sliding_norm
+
+    rows = []
+    for n in batches:
+        x = torch.randn(n, *shape, device=device) * 10 - 50  # dB-like values
+        clone = cuda_time(x.clone, device)
+        for norm_vars in (False, True):
+            run = lambda: sliding_norm(x, window, norm_vars=norm_vars)
+            name = f"sliding_norm({window}{', norm_vars' if norm_vars else ''}), B={n}"
+            rows += kernel_rows(name, kernel_sliding, run, device, clone, settings)
+    return rows
+
+
 def main(device="cuda"):
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         sys.exit("benchmarks.gpu_kernels: the Triton kernels run on CUDA only (no CUDA device here)")
-    rows = [row for bench in (bench_affine, bench_instance, bench_moments) for row in bench(device)]
+    rows = [
+        row
+        for bench in (bench_affine, bench_instance, bench_moments, bench_pcen, bench_sliding)
+        for row in bench(device)
+    ]
     print(f"### Triton kernels ({machine(device)})\n")
     print(markdown_table(("batch [B, 1, 201, 401] float32", "time / clone"), rows))
 

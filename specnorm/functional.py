@@ -974,6 +974,11 @@ def sliding_norm(
     eps = check_eps(eps, positive=norm_vars)
     n_frames = x.shape[-1]
     windows = _frame_windows(n_frames, window, center, min_window)
+    if x.is_cuda:  # one Triton pass (see specnorm.kernel_sliding); imported only here
+        from . import kernel_sliding
+
+        if kernel_sliding.use_kernel(x):
+            return kernel_sliding.sliding_rows(x, window, center, norm_vars, min_window, eps)
     work = x.dtype
     # On CPU a float32 cumulative sum accumulates in float64 and rounds each window sum once: enough for
     # the mean. The variance E[z^2] - E[z]^2 cancels, so its sums are float64 wherever the device has it.
@@ -1194,6 +1199,11 @@ def pcen(
         b = pcen_smoothing_coef(time_constant, sr, hop_length)
     elif not torch.is_tensor(b) and not 0 <= b <= 1:
         raise ValueError(f"b must be between 0 and 1, not {b}")
+    if x.is_cuda and max_size == 1:  # one Triton pass (see specnorm.kernel_pcen); imported only here
+        from . import kernel_pcen
+
+        if kernel_pcen.use_kernel(x, gain, bias, power, b):
+            return kernel_pcen.pcen_rows(x, b, gain, bias, power, eps)
     ref = x
     if max_size > 1:  # maximum over neighbouring channels, as scipy's maximum_filter1d places it
         before = max_size // 2

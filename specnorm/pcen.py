@@ -16,7 +16,9 @@ channels; `power=0` gives `log1p(E / (eps + M)^gain)` and `bias=0` gives `(E / (
 The recursion is vectorised over the batch, channels and time: on the CPU in chunks of `_CHUNK`
 frames (each chunk's response is one matrix product with the filter's truncated impulse response,
 and the state carried between chunks a second one), on other devices as a log-depth doubling scan
-of elementwise operations, which `float32` matmul precision settings (TF32) cannot degrade.
+of elementwise operations, which `float32` matmul precision settings (TF32) cannot degrade. On CUDA,
+without gradients and with `max_size=1`, one Triton kernel computes the whole of PCEN instead, one read
+and one write of the batch (`specnorm.kernel_pcen`; `SPECNORM_TRITON=0` turns it off).
 
 `TrainablePCEN` learns `gain`, `bias`, `power` and the smoothing coefficient `b` per frequency
 channel, log-parameterised as in Wang et al. (the smoothing coefficient is learned too, as in the

@@ -30,8 +30,10 @@ and is within about one float32 ulp of the values (measured up to 1e-5 on dB spe
 clips included); with `norm_vars` the sums of values and squares are float64 (float32 on MPS), since
 `E[z^2] - E[z]^2` cancels where the local mean is far from the row mean: the output error is then
 set by the float32 input and output (measured up to 2e-5, two-frame windows on long drifting clips
-included). On CUDA all sums are float64. Float32 values beyond ~1e37 overflow the float32 sums and
-outputs: NaN/Inf outputs, which the transform's check reports.
+included). On CUDA all sums are float64; float32 batches there go through one Triton kernel that walks
+time per row with the same running sums (`specnorm.kernel_sliding`; `SPECNORM_TRITON=0` turns it off).
+Float32 values beyond ~1e37 overflow the float32 sums and outputs: NaN/Inf outputs, which the transform's
+check reports.
 
 Padded batches (spectrograms carrying `lengths` and `pad_before`, as `AudioToSpec` sets them) go through
 `padded_sliding_norm`: each clip is normalized as if alone, its windows shifted to stay inside its own

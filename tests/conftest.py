@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+# Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors (read when a kernel is defined)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

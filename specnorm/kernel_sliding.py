@@ -1,0 +1,135 @@
+"""Sliding-window normalization (`functional.sliding_norm`) on CUDA: one Triton kernel, no scratch buffers.
+
+It computes what `sliding_norm` computes, with the window rules of the `specnorm.sliding` module docstring
+(Kaldi's `apply-cmvn-sliding`): each row (a (clip, channel, frequency) series along time) is shifted by its mean,
+`z = x - mean(x)` (float32, as the eager path), then frame `t` becomes `z[t] - mean(z[start:end])`, divided with
+`norm_vars` by `max(std(z[start:end]), eps)` (population std; a one-frame window gives 0), where
+`[start, end) = window_edges(t)`. Why: the eager CUDA path launches a dozen kernels and makes float64 copies of
+the batch; this one reads it about twice (the second time mostly from cache) and writes it once.
+
+Launch layout: program `p` owns rows `[p * ROWS, (p + 1) * ROWS)`. It sums its rows in float64 (the means),
+then sums the first window but its last frame, then walks time in `[ROWS, CHUNK]` tiles. From frame `t - 1` to
+`t` each window edge advances by 0 or 1 frame (`_frame_windows` checks this on the host), so the window sums
+(float64, of values and squares) are the previous ones plus the frame that enters, `z[end[t] - 1]`, minus the
+frame that leaves, `z[start[t] - 1]`: per tile, two shifted loads, a cumulative sum along time and the carry
+from the tile before (the first frame's "entering" frame completes the first window). The edges are computed in
+the kernel from `t` (integer min/max, as `window_edges`). Offsets are int64. Squares enter as
+`(e - l)(e + l)`, as the eager path's, so large equal squares do not cancel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .kernel_pcen import tl, triton, triton_enabled
+
+__all__ = ["sliding_rows", "use_kernel"]
+
+ROWS, CHUNK, NUM_WARPS = 16, 64, 8  # float64 sums: ~120 registers with 8 warps (4: ~215, half the warps per SM)
+
+
+def use_kernel(x: Tensor) -> bool:
+    "Whether `sliding_norm(x, ...)` may run the Triton kernel: `kernel_pcen.triton_enabled(x)`."
+    return triton_enabled(x)
+
+
+def sliding_rows(x: Tensor, window: int, center: bool, norm_vars: bool, min_window: int, eps: float) -> Tensor:
+    """`sliding_norm` of a float32 `x` `[..., T]` along its last axis, with the Triton kernel.
+
+    Callers normally use `specnorm.functional.sliding_norm`, which checks the arguments and runs this on CUDA
+    tensors when `use_kernel` allows.
+
+    Args:
+        x: float32 `[..., T]`.
+        window, center, norm_vars, min_window, eps: as in `sliding_norm` (`window`, `min_window` >= 1).
+
+    Shape:
+        `[..., T]` -> same shape, float32, contiguous.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.kernel_sliding import sliding_rows
+        >>> sliding_rows(torch.arange(6.0, device="cuda")[None] + 100, 3, True, False, 100, 1e-5)  # doctest: +SKIP
+        tensor([[-1.,  0.,  0.,  0.,  0.,  1.]], device='cuda:0')
+    """
+    if x.ndim < 1 or x.numel() == 0 or x.dtype != torch.float32:
+        raise ValueError(f"sliding_rows expects a non-empty float32 [..., T], got {x.dtype} {tuple(x.shape)}")
+    if window < 1 or min_window < 1:
+        raise ValueError(f"window and min_window must be at least 1 frame, not {window} and {min_window}")
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    n_frames = x.shape[-1]
+    n_rows = x.numel() // n_frames
+    # the first window ends at frame `end0`; the kernel sums frames [0, end0 - 1) before its walk
+    end0 = min(window if center else max(1, min_window), n_frames)
+    _sliding_kernel[(triton.cdiv(n_rows, ROWS),)](
+        x, out, n_rows, n_frames, window, min_window, end0 - 1, float(eps) ** 2,
+        CENTER=bool(center), NORM_VARS=bool(norm_vars), ROWS=ROWS, CHUNK=CHUNK, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _edges(t, n_frames, window, min_window, CENTER: tl.constexpr):
+        "`window_edges`: frame `t` is normalized over frames `[start, end)`."
+        if CENTER:
+            start = t - window // 2
+            end = start + window - tl.minimum(start, 0)  # shifted right to start at frame 0
+        else:
+            start = t - window
+            end = tl.maximum(t + 1, min_window)  # at the start: look ahead to min_window frames
+        start = tl.maximum(start, 0)
+        overflow = tl.maximum(end - n_frames, 0)
+        return tl.maximum(start - overflow, 0), end - overflow  # shifted left to end at the clip's last frame
+
+    @triton.jit
+    def _sliding_kernel(
+        x_ptr, out_ptr, n_rows, n_frames, window, min_window, n_before, eps2,
+        CENTER: tl.constexpr, NORM_VARS: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        rmask = rows[:, None] < n_rows
+        row_ptr = x_ptr + rows[:, None] * n_frames
+        cols = tl.arange(0, CHUNK)[None, :]
+        # the rows' means: float64 sums, rounded to float32 (any shift leaves the result unchanged)
+        total = tl.zeros((ROWS,), tl.float64)
+        for t0 in range(0, n_frames, CHUNK):
+            t = t0 + cols
+            total += tl.sum(tl.load(row_ptr + t, mask=rmask & (t < n_frames), other=0.0).to(tl.float64), 1)
+        mean = (total / n_frames).to(tl.float32)[:, None]
+        # the first window but its last frame, which enters at frame 0
+        sum1 = tl.zeros((ROWS,), tl.float64)
+        sum2 = tl.zeros((ROWS,), tl.float64)
+        for t0 in range(0, n_before, CHUNK):
+            t = t0 + cols
+            m = rmask & (t < n_before)
+            z = tl.where(m, tl.load(row_ptr + t, mask=m, other=0.0) - mean, 0.0).to(tl.float64)
+            sum1 += tl.sum(z, 1)
+            sum2 += tl.sum(z * z, 1)
+        for t0 in range(0, n_frames, CHUNK):
+            t = t0 + cols
+            valid = t < n_frames
+            start, end = _edges(t, n_frames, window, min_window, CENTER)
+            start_before, end_before = _edges(t - 1, n_frames, window, min_window, CENTER)
+            first = t == 0
+            enter = rmask & valid & (first | (end > end_before))
+            leave = rmask & valid & (t > 0) & (start > start_before)
+            z_in = tl.where(enter, tl.load(row_ptr + end - 1, mask=enter, other=0.0) - mean, 0.0).to(tl.float64)
+            z_out = tl.where(leave, tl.load(row_ptr + start - 1, mask=leave, other=0.0) - mean, 0.0).to(tl.float64)
+            step = z_in - z_out
+            count = (end - start).to(tl.float64)
+            s1 = tl.cumsum(step, 1) + sum1[:, None]
+            sum1 = tl.sum(tl.where(cols == CHUNK - 1, s1, 0.0), 1)
+            local_mean = s1 / count
+            m = rmask & valid
+            y = tl.load(row_ptr + t, mask=m, other=0.0) - mean - local_mean.to(tl.float32)
+            if NORM_VARS:
+                s2 = tl.cumsum(step * (z_in + z_out), 1) + sum2[:, None]
+                sum2 = tl.sum(tl.where(cols == CHUNK - 1, s2, 0.0), 1)
+                var = (s2 / count - local_mean * local_mean).to(tl.float32)
+                scale = tl.rsqrt(tl.maximum(var, eps2))  # 1 / max(std, eps)
+                y = y * tl.where(end - start > 1, scale, 0.0)  # a one-frame window gives 0, as in Kaldi
+            tl.store(out_ptr + rows[:, None] * n_frames + t, y, mask=m)
