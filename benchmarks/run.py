@@ -16,6 +16,7 @@ import datetime
 import importlib
 import os
 import pkgutil
+import re
 import signal
 import sys
 import time
@@ -78,7 +79,19 @@ def run_module(module, device, smoke, timeout_s=None):
             signal.signal(signal.SIGALRM, previous)
 
 
+def kept_sections(out, devices):
+    """The sections of the devices this run does not time, from the file it replaces: a CPU run keeps the figures
+    of the last GPU session (each device section names its machine and date)."""
+    try:
+        old = Path(out).read_text()
+    except FileNotFoundError:
+        return []
+    parts = re.split(r"(?m)^(?=## )", old)[1:]
+    return [p.rstrip("\n") for p in parts if p.split(":")[0][3:].strip().lower() not in devices]
+
+
 def write(out, devices, sections, partial=False):
+    kept = kept_sections(out, devices)
     head = (
         f"# Benchmarks\n\nWritten by `make bench` on {datetime.date.today()}. Each figure is a ratio "
         "against a baseline timed in the same run, on the machine named in the section heading.\n"
@@ -99,7 +112,9 @@ def write(out, devices, sections, partial=False):
         )
     if partial:
         head += "\nIncomplete: the run stopped (or is still running) after the sections below.\n"
-    Path(out).write_text(head + "\n" + "\n\n".join(sections) + "\n")
+    if kept:
+        head += "\nThe sections of other devices are kept from the last run that timed them.\n"
+    Path(out).write_text(head + "\n" + "\n\n".join(sections + kept) + "\n")
 
 
 def main(argv=None):

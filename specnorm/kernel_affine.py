@@ -33,10 +33,11 @@ under its interpreter (`TRITON_INTERPRET=1`, how the tests run without a GPU).
 """
 
 import math
-import os
 
 import torch
 from torch import Tensor
+
+from .kernels import kernels_on
 
 __all__ = ["affine", "enabled", "instance_layout", "instance_norm"]
 
@@ -175,7 +176,7 @@ def enabled(x: Tensor) -> bool:
         >>> enabled(torch.zeros(3))  # a CPU tensor: the eager path
         False
     """
-    return x.is_cuda and triton is not None and os.environ.get("SPECNORM_TRITON") != "0"
+    return triton is not None and kernels_on(x, "affine")
 
 
 def _pow2(n: int) -> int:

@@ -39,9 +39,10 @@ needs it; with `TRITON_INTERPRET=1` set before that import, the kernels run on C
 import contextlib
 import functools
 import math
-import os
 
 import torch
+
+from .kernels import kernels_on
 
 __all__ = ["DTYPES", "fold_moments", "layout", "tile_moments", "update_moments", "use_triton"]
 
@@ -147,7 +148,7 @@ def _importable() -> bool:
 
 def use_triton(x: torch.Tensor) -> bool:
     "Whether `x` takes the Triton kernels: a CUDA tensor, triton importable, and `SPECNORM_TRITON` not '0'."
-    return x.is_cuda and os.environ.get("SPECNORM_TRITON", "1") != "0" and _importable()
+    return kernels_on(x, "moments") and _importable()
 
 
 def layout(shape, dims) -> tuple[int, int, int] | None:

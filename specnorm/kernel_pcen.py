@@ -34,10 +34,10 @@ kernel on CPU tensors.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
+
+from .kernels import kernels_on
 
 try:
     import triton
@@ -53,11 +53,11 @@ NUM_WARPS = 8  # 4 values of a tile per thread: ~75 registers, 24 warps per SM (
 _GENERAL, _LOG, _ZERO_BIAS = 0, 1, 2  # the output formula, picked on the host from the arguments
 
 
-def triton_enabled(x: Tensor, *tensors: Tensor) -> bool:
+def triton_enabled(x: Tensor, *tensors: Tensor, kernel: str = "pcen") -> bool:
     """The dispatch rule of the Triton kernels: `x` is a float32 CUDA tensor, Triton imports, the environment
     variable `SPECNORM_TRITON` is not "0" (the kill switch), and no gradient is needed through `x` or `tensors`
     (the kernels have no backward: training takes the eager path). Flags and dtypes only: no host read."""
-    if triton is None or not x.is_cuda or x.dtype != torch.float32 or os.environ.get("SPECNORM_TRITON") == "0":
+    if triton is None or x.dtype != torch.float32 or not kernels_on(x, kernel):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)))
 

@@ -30,8 +30,8 @@ ROWS, CHUNK, NUM_WARPS = 16, 64, 8  # float64 sums: ~120 registers with 8 warps 
 
 
 def use_kernel(x: Tensor) -> bool:
-    "Whether `sliding_norm(x, ...)` may run the Triton kernel: `kernel_pcen.triton_enabled(x)`."
-    return triton_enabled(x)
+    "Whether `sliding_norm(x, ...)` may run the Triton kernel: `kernel_pcen.triton_enabled` for `sliding`."
+    return triton_enabled(x, kernel="sliding")
 
 
 def sliding_rows(x: Tensor, window: int, center: bool, norm_vars: bool, min_window: int, eps: float) -> Tensor:

@@ -76,6 +76,19 @@ def test_a_failing_or_slow_module_becomes_a_section_and_the_run_goes_on(tmp_path
     assert "### good, cpu" in text and "## CPU: " in text and "Interrupted" not in text
 
 
+def test_a_cpu_run_keeps_the_gpu_sections_of_the_file_it_replaces(tmp_path, monkeypatch):
+    out = tmp_path / "BENCHMARKS.md"
+    gpu = "## CUDA: NVIDIA H200 (torch 2.11), measured 2026-11-26\n\n### good, cuda\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    out.write_text("# Benchmarks\n\nold head\n\n## CPU: old machine\n\n### good, cpu\n\nold figures\n\n" + gpu + "\n")
+    monkeypatch.setattr(bench_run, "bench_modules", lambda only: [fake("good", section("good"))])
+    main(["--device", "cpu", "--out", str(out)])
+    text = out.read_text()
+    assert "old figures" not in text and "old head" not in text and text.count("## CPU: ") == 1
+    assert text.rstrip().endswith(gpu) and "kept from the last run that timed them" in text
+    main(["--device", "cpu", "--out", str(out)])  # and again: still once
+    assert out.read_text() == text
+
+
 def test_keep_partial_leaves_the_finished_sections_when_stopped(tmp_path, monkeypatch):
     def interrupt(device, smoke):
         raise KeyboardInterrupt  # what `timeout -s INT` raises in the main thread

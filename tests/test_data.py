@@ -182,8 +182,9 @@ def test_fast_path_batches_equal_the_per_item_path(esc50_like, dtype, crop):
     if crop < 1000:
         for item, fn in zip(x, fast.train_ds.items.filename[:4]):
             full = Pipeline(audio_item_tfms(16000))(AudioTensor.create(path / fn))[0].numpy()
-            start = np.abs(np.lib.stride_tricks.sliding_window_view(full, 8000) - item[0].numpy()).max(1).argmin()
-            np.testing.assert_allclose(item[0].numpy(), full[start : start + 8000], rtol=rtol, atol=atol)
+            got = item[0].cpu().numpy()  # batches are on the loaders' device
+            start = np.abs(np.lib.stride_tricks.sliding_window_view(full, 8000) - got).max(1).argmin()
+            np.testing.assert_allclose(got, full[start : start + 8000], rtol=rtol, atol=atol)
 
 
 def test_random_crops_differ_between_items_and_epochs_on_train_and_are_fixed_on_valid(esc50_like):
@@ -261,7 +262,7 @@ def test_item_transforms_run_on_the_fast_path_and_test_dl_falls_back(esc50_like)
         assert x.shape == (3, 1, 8000) and x.sr == 16000 and x.lengths.tolist() == [8000] * 3
         first = x.as_subclass(torch.Tensor)[:1] / 2  # the test DataLoaders keep the item transforms
         expected = Pipeline(audio_item_tfms(16000, crop_signal_to=500))(AudioTensor.create(path / df.filename[0]))
-        torch.testing.assert_close(first[0], expected.as_subclass(torch.Tensor), rtol=0, atol=2e-6)
+        torch.testing.assert_close(first[0].cpu(), expected.as_subclass(torch.Tensor), rtol=0, atol=2e-6)
 
 
 def test_store_in_cache_folder_is_reused(esc50_like, tmp_path):

@@ -1,0 +1,49 @@
+"""When specnorm's Triton kernels run: the one switch of `kernel_affine`, `kernel_moments`, `kernel_pcen` and
+`kernel_sliding`.
+
+On CUDA, the per-batch work of `SpecNormalize`, `instance_norm`, `StatsRecorder.update`, `pcen` and
+`sliding_norm` can run as a few hand-written Triton kernels (one read and one write of the batch where eager
+PyTorch needs tens of kernels), and on the CPU as the eager code, which is also the kernels' reference. The
+environment variable `SPECNORM_TRITON` chooses, read on every call (no host read of tensor values):
+
+- unset: the kernels that a GPU session has run and measured (`MEASURED`: `kernel_affine`'s checked affine
+  and instance norm, `kernel_moments`, on an H200); the others, tested only under Triton's interpreter and
+  compiled for sm_90, stay eager until a GPU session measures them;
+- `"1"`: every kernel (`pcen` and `sliding_norm` too);
+- `"0"`: none (the kill switch).
+
+Triton ships with torch's Linux CUDA wheels; without it everything runs eager. It is imported only by the kernel
+modules, which specnorm imports when a CUDA tensor arrives.
+"""
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["MEASURED", "SWITCH", "kernels_on"]
+
+SWITCH = "SPECNORM_TRITON"
+MEASURED = frozenset({"affine", "moments"})  # run and timed on a GPU (BENCHMARKS.md)
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def kernels_on(x: torch.Tensor, kernel: str) -> bool:
+    """Whether `kernel` (a `kernel_*` module's name: `"affine"`, `"moments"`, `"pcen"`, `"sliding"`) runs on `x`: a CUDA
+    tensor, triton importable, and `SPECNORM_TRITON` as the module docstring says.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.kernels import kernels_on
+        >>> kernels_on(torch.zeros(3), "affine")  # a CPU tensor: the eager path
+        False
+    """
+    if not x.is_cuda or not _triton_importable():
+        return False
+    switch = os.environ.get(SWITCH)
+    return switch == "1" or (switch != "0" and kernel in MEASURED)

@@ -1,0 +1,33 @@
+"The one switch of the Triton kernels (`specnorm.kernels`): which kernels run on a CUDA tensor, per setting."
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from specnorm import kernels
+from specnorm.kernels import MEASURED, SWITCH, kernels_on
+
+ALL = ("affine", "moments", "pcen", "sliding")
+CUDA_LIKE = SimpleNamespace(is_cuda=True)  # only `is_cuda` is read: the rule runs here without a GPU
+
+
+@pytest.mark.parametrize(
+    "setting,expected",
+    [(None, {"affine", "moments"}), ("1", set(ALL)), ("0", set()), ("yes", {"affine", "moments"})],
+)
+def test_the_switch_chooses_the_kernels(monkeypatch, setting, expected):
+    monkeypatch.setattr(kernels, "_triton_importable", lambda: True)
+    if setting is None:
+        monkeypatch.delenv(SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(SWITCH, setting)
+    assert {k for k in ALL if kernels_on(CUDA_LIKE, k)} == expected
+    assert MEASURED == {"affine", "moments"}  # the kernels a GPU session measured (BENCHMARKS.md)
+
+
+def test_cpu_tensors_and_a_missing_triton_stay_eager(monkeypatch):
+    monkeypatch.setenv(SWITCH, "1")
+    assert not any(kernels_on(torch.zeros(2), k) for k in ALL)
+    monkeypatch.setattr(kernels, "_triton_importable", lambda: False)
+    assert not any(kernels_on(CUDA_LIKE, k) for k in ALL)
