@@ -58,10 +58,11 @@ def run(device="cpu", smoke=False):
         f"### SpecNormalize, {device}\n\nFloat32 spectrogram batches: time of each normalization as a multiple "
         f"of `x.clone()` on the same batch (a memory copy, the memory-bound limit; 1.00x is as fast as a copy, "
         f"lower is better). fastai's `Normalize` computes `(x - mean) / std` on a `TensorImage`; SpecNormalize "
-        f"is one multiply-add pass (`torch.add` with scalars for global statistics, `functional.affine`, a fused "
-        f"batch-norm kernel, per row), plus, unless `check_finite=False`, one sum of the output whose result stays on "
-        f"the device (the deferred NaN/Inf check, `FiniteCheck(reduction='sum')`; no host sync). Each call is "
-        f"timed on its own, with a sync after it (on a GPU: launch overhead and sync latency included).\n\n"
+        f"is one multiply-add pass (on the CPU `torch.add` with scalars for global statistics, `functional.affine`, a "
+        f"fused batch-norm kernel, per row), plus, unless `check_finite=False`, one sum of the output whose result "
+        f"stays on the device (the deferred NaN/Inf check, `FiniteCheck(reduction='sum')`; no host sync); on CUDA one "
+        f"Triton kernel does both, counting the NaN/Inf outputs as it writes them (`specnorm.kernel_affine`). Each "
+        f"call is timed on its own, with a sync after it (on a GPU: launch overhead and sync latency included).\n\n"
         + table
         + (
             "\n\nGPU time alone (the kernels each call runs, from `torch.profiler`; what the call costs the device "

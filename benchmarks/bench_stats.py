@@ -70,9 +70,10 @@ def run(device="cpu", smoke=False):
     return (
         f"### StatsRecorder.update, {device}\n\nTime of one `update` on a float32 batch on {device}, "
         "as a multiple of one float32 `torch.var_mean` over the same batch and dims (lower is faster). "
-        "`StatsRecorder` is exact at any finite magnitude (values scaled by a power of two, float64 "
-        "combination, NaN/Inf counted on the device, no host sync); the reference workflow's pooled-std "
-        "recorder is float32 and counts batch items."
+        "`StatsRecorder` is exact at any finite magnitude (on the CPU values scaled by a power of two and a "
+        "float64 combination; on CUDA two Triton kernels, per-tile float64 moments then their fold into the "
+        "running state, `specnorm.kernel_moments`; NaN/Inf counted on the device, no host sync); the reference "
+        "workflow's pooled-std recorder is float32 and counts batch items."
         + (
             " On CUDA, the kernels one `update` launches, counted with `torch.profiler`, and the GPU time of those "
             "kernels alone (no launch overhead) as a multiple of var_mean's."

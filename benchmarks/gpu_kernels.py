@@ -8,7 +8,6 @@ kernel row comes with the eager path it replaces (`SPECNORM_TRITON=0`) timed in 
 import os
 import sys
 from contextlib import contextmanager
-from unittest import mock
 
 import torch
 
@@ -16,6 +15,20 @@ from .common import machine, markdown_table, timeit
 
 BATCHES = (64, 256)
 SHAPE = (1, 201, 401)  # [C, F, T] of a spectrogram
+
+
+@contextmanager
+def triton_switch(value):
+    "`SPECNORM_TRITON=value` inside the block: '0' the eager path (the kill switch), '1' every kernel."
+    before = os.environ.get("SPECNORM_TRITON")
+    os.environ["SPECNORM_TRITON"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SPECNORM_TRITON"]
+        else:
+            os.environ["SPECNORM_TRITON"] = before
 
 
 def _batch(b, device):
@@ -30,10 +43,9 @@ def _ratios(fns, device, repeat=50):
     for name, x, fn in fns:
         clone = timeit(lambda: x.clone(), device=device, repeat=repeat)
         for switch in ("1", "0"):
-            os.environ["SPECNORM_TRITON"] = switch
-            t = timeit(fn, device=device, repeat=repeat)
+            with triton_switch(switch):
+                t = timeit(fn, device=device, repeat=repeat)
             rows.append((f"{name}, {'triton' if switch == '1' else 'eager'}", f"{t / clone:.2f}x"))
-    os.environ.pop("SPECNORM_TRITON", None)
     return rows
 
 
@@ -87,7 +99,7 @@ def bench_moments(device, smoke=False):
             for path in ("triton", "eager") if cuda else ("eager",):
                 rec = StatsRecorder(dims)
                 if path == "eager":
-                    with mock.patch.dict(os.environ, SPECNORM_TRITON="0"):  # the eager path, same call
+                    with triton_switch("0"):  # the eager path, same call
                         rec.update(x)
                         t = timeit(lambda: rec.update(x), device, repeat=repeat)
                         n = cuda_kernels(lambda: rec.update(x)) if cuda else None
@@ -116,20 +128,6 @@ def cuda_time(fn, device, repeat=50, warmup=5):
     return times[len(times) // 2]
 
 
-@contextmanager
-def triton_off():
-    "The eager path of the same functions: SPECNORM_TRITON=0 (the kill switch)."
-    before = os.environ.get("SPECNORM_TRITON")
-    os.environ["SPECNORM_TRITON"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SPECNORM_TRITON"]
-        else:
-            os.environ["SPECNORM_TRITON"] = before
-
-
 # Launch settings to compare, (rows per program, frames per tile, warps): the modules' defaults come first.
 TILES = ((16, 64, 8), (16, 64, 4), (32, 64, 8), (16, 128, 8), (8, 64, 4))
 
@@ -149,10 +147,10 @@ def kernel_rows(name, module, run, device, clone, settings):
     "One row per launch setting (on CUDA only: elsewhere the kernel does not run), then one for the eager path."
     rows = []
     for n_rows, chunk, warps in settings if torch.device(device).type == "cuda" else ():
-        with tiles(module, n_rows, chunk, warps):
+        with tiles(module, n_rows, chunk, warps), triton_switch("1"):  # opt-in kernels too
             ratio = cuda_time(run, device) / clone
         rows.append((f"{name}, kernel [{n_rows}, {chunk}] x {warps} warps", f"{ratio:.2f}x"))
-    with triton_off():
+    with triton_switch("0"):
         rows.append((f"{name}, eager (SPECNORM_TRITON=0)", f"{cuda_time(run, device) / clone:.2f}x"))
     return rows
 

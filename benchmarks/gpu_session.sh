@@ -10,6 +10,8 @@
 #               #11 names (T_TESTS, 150 s).
 #   bench-cuda  `benchmarks.run --device cuda`: #11's stats and normalize rows, #10's pipeline rows, the rest
 #               (T_BENCH_CUDA, 240 s; a module stops after 150 s).
+#   kernels     `python -m benchmarks.gpu_kernels`: each Triton kernel against its eager path, with the launch
+#               settings of the opt-in ones (T_KERNELS, 60 s), into kernels.md.
 #   tests-rest  the rest of the non-slow suite but the CPU-parametrized ids (CUDA through fastai's default
 #               device) (T_REST, 100 s).
 #   bench-cpu   `benchmarks.run --device cpu` in the time left.
@@ -24,7 +26,7 @@
 #   same stages at tiny sizes, a few device-aware tests on the CPU, OUT a temp folder unless set. Without CUDA
 #   and without SMOKE it refuses to start (the full benchmarks would load a shared CPU machine).
 # Settings (environment): OUT, PYTHON (python3), BUDGET_S (540: the whole script), T_TESTS, T_BENCH_CUDA,
-#   T_REST, STAGES (the stage names above, "install" covering install-pkg), BENCH_ONLY (benchmarks, in order).
+#   T_REST, T_KERNELS, STAGES (the stage names above, "install" covering install-pkg), BENCH_ONLY (benchmarks, in order).
 set -uo pipefail # no -e: a failing stage must not stop the next one
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
@@ -39,7 +41,8 @@ BUDGET_S=${BUDGET_S:-540}
 T_TESTS=${T_TESTS:-150}
 T_BENCH_CUDA=${T_BENCH_CUDA:-240}
 T_REST=${T_REST:-100}
-STAGES=${STAGES:-install machine tests-cuda bench-cuda tests-rest bench-cpu}
+T_KERNELS=${T_KERNELS:-60}
+STAGES=${STAGES:-install machine tests-cuda bench-cuda kernels tests-rest bench-cpu}
 # Issue #11's rows first (a few seconds each), then #10's pipeline (the longest), then the rest.
 BENCH_ONLY=${BENCH_ONLY:-stats normalize pipeline beyond epoch augment}
 OUT=${OUT:-$(mktemp -d -t specnorm-gpu-XXXXXX)}
@@ -51,7 +54,7 @@ export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bi
 # #11's three named tests (the third was renamed; it is device-parametrized). Without CUDA (rehearsal): a few
 # device-aware tests on the CPU, so the same path runs.
 K_CUDA="cuda or test_get_dls_resamples_and_keeps_the_rate or test_statistics_free_methods_see_what_they_need"
-K_CUDA+=" or test_update_never_reads_on_the_host_from_the_first_call"
+K_CUDA+=" or test_update_never_reads_on_the_host_from_the_first_call or kernel" # kernel: the Triton kernels' tests
 K_HOST="cpu and (test_update_never_reads_on_the_host_from_the_first_call or test_take_on_a_device_equals_gather)"
 K_HOST+=" or test_get_dls_resamples_and_keeps_the_rate"
 
@@ -179,6 +182,11 @@ EOF
     stage bench-cuda "$(min "$T_BENCH_CUDA" "$(left)")" "$PYTHON" "${bench[@]}" --device "$device" \
       --module-timeout 150 --out "$OUT/BENCHMARKS.md"
   fi
+  if wants kernels; then # the Triton kernels against their eager paths; PCEN and sliding are opt-in until measured
+    local kpy=("$PYTHON" -m benchmarks.gpu_kernels)
+    [[ $CUDA != 1 ]] && kpy=("$PYTHON" -c "print('kernels: no CUDA (rehearsal): skipped')")
+    stage kernels "$(min "$T_KERNELS" "$(left)")" bash -c '"$@" > "$0"' "$OUT/kernels.md" "${kpy[@]}"
+  fi
   if wants tests-rest; then
     # The rest of the non-slow suite but the CPU-parametrized ids: it meets CUDA through fastai's default device.
     # test_benchmarks.py tests this script and benchmarks.run (CPU only, and signals need pytest's main thread).
@@ -213,7 +221,7 @@ EOF
   local log
   log=$(mktemp)
   cp "$OUT/session.log" "$log"
-  for md in "$OUT/BENCHMARKS-cpu.md" "$OUT/BENCHMARKS.md"; do
+  for md in "$OUT/BENCHMARKS-cpu.md" "$OUT/BENCHMARKS.md" "$OUT/kernels.md"; do
     [[ -f $md ]] && grep -E "^(#|\||Not measured|Incomplete)" "$md"
   done
   grep -h "^\[bench\]" "$log"
