@@ -76,6 +76,12 @@ class HostReadError(AssertionError):
     "Code under `no_host_reads` read a tensor value on the host."
 
 
+@pytest.fixture
+def all_kernels(monkeypatch):
+    "Every Triton kernel on CUDA tensors, the opt-in ones too (`specnorm.kernels`: `SPECNORM_TRITON=1`)."
+    monkeypatch.setenv("SPECNORM_TRITON", "1")
+
+
 @contextlib.contextmanager
 def no_host_reads():
     """Fail the code under it when it reads a tensor value on the host (any device).

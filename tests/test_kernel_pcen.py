@@ -10,12 +10,13 @@ import pytest
 import torch
 from conftest import no_host_reads
 
-pytest.importorskip("triton")  # torch's Linux wheels bring it; elsewhere these tests have nothing to run
-
 from specnorm import kernel_pcen
 from specnorm.functional import PCEN_DEFAULTS, pcen, pcen_smoothing_coef
 from specnorm.kernel_pcen import pcen_rows, use_kernel
 from specnorm.pcen import TrainablePCEN
+
+pytest.importorskip("triton")  # torch's Linux wheels bring it; elsewhere these tests have nothing to run
+pytestmark = pytest.mark.usefixtures("all_kernels")  # this kernel is opt-in until a GPU session times it
 
 RTOL = 1e-5  # float32 math against the float64 reference: a few ulp per step, and the smoother's rounding
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the launcher runs (interpreted on the CPU)
@@ -122,12 +123,6 @@ def test_launcher_rejects_bad_arguments():
 
 
 # the public path: `pcen` takes the kernel on CUDA (when use_kernel allows), the eager path elsewhere
-
-
-@pytest.fixture(autouse=True)
-def opted_in(monkeypatch):
-    "This kernel runs by default only once a GPU session has measured it (`specnorm.kernels`): opt in."
-    monkeypatch.setenv("SPECNORM_TRITON", "1")
 
 
 @pytest.fixture

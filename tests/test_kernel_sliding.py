@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import no_host_reads
-
-pytest.importorskip("triton")  # torch's Linux wheels bring it; elsewhere these tests have nothing to run
 from test_kernel_pcen import compile_offline
 from test_sliding import db_spec, numpy_sliding
 
 from specnorm import kernel_sliding
 from specnorm.functional import sliding_norm
 from specnorm.kernel_sliding import sliding_rows, use_kernel
+
+pytest.importorskip("triton")  # torch's Linux wheels bring it; elsewhere these tests have nothing to run
+pytestmark = pytest.mark.usefixtures("all_kernels")  # this kernel is opt-in until a GPU session times it
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the launcher runs (interpreted on the CPU)
 RULES = [(True, 100)] + [(False, m) for m in (1, 5, 20)]  # (center, min_window)
@@ -93,12 +94,6 @@ def test_launcher_rejects_bad_arguments():
 
 
 # the public path: `sliding_norm` takes the kernel on CUDA, the eager path elsewhere
-
-
-@pytest.fixture(autouse=True)
-def opted_in(monkeypatch):
-    "This kernel runs by default only once a GPU session has measured it (`specnorm.kernels`): opt in."
-    monkeypatch.setenv("SPECNORM_TRITON", "1")
 
 
 @pytest.fixture
