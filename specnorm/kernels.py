@@ -12,7 +12,8 @@ environment variable `SPECNORM_TRITON` chooses, read on every call (no host read
 - `"1"`: every kernel (`pcen` and `sliding_norm` too);
 - `"0"`: none (the kill switch).
 
-Triton ships with torch's Linux CUDA wheels; without it everything runs eager. It is imported only by the kernel
+Triton ships with torch's Linux CUDA wheels; without it, and on GPUs it does not build for (compute capability
+below 7.0), everything runs eager. It is imported only by the kernel
 modules, which specnorm imports when a CUDA tensor arrives.
 """
 
@@ -33,9 +34,15 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
+def _triton_compiles_for(device_index: int) -> bool:
+    "Triton builds for compute capability 7.0 (Volta) and later: older GPUs (a P100, a GTX 1080) run eager code."
+    return torch.cuda.get_device_capability(device_index) >= (7, 0)
+
+
 def kernels_on(x: torch.Tensor, kernel: str) -> bool:
     """Whether `kernel` (a `kernel_*` module's name: `"affine"`, `"moments"`, `"pcen"`, `"sliding"`) runs on `x`: a CUDA
-    tensor, triton importable, and `SPECNORM_TRITON` as the module docstring says.
+    tensor on a GPU Triton builds for, triton importable, and `SPECNORM_TRITON` as the module docstring says.
 
     Example:
         >>> import torch
@@ -43,7 +50,7 @@ def kernels_on(x: torch.Tensor, kernel: str) -> bool:
         >>> kernels_on(torch.zeros(3), "affine")  # a CPU tensor: the eager path
         False
     """
-    if not x.is_cuda or not _triton_importable():
+    if not x.is_cuda or not _triton_importable() or not _triton_compiles_for(x.device.index):
         return False
     switch = os.environ.get(SWITCH)
     return switch == "1" or (switch != "0" and kernel in MEASURED)

@@ -9,7 +9,7 @@ from specnorm import kernels
 from specnorm.kernels import MEASURED, SWITCH, kernels_on
 
 ALL = ("affine", "moments", "pcen", "sliding")
-CUDA_LIKE = SimpleNamespace(is_cuda=True)  # only `is_cuda` is read: the rule runs here without a GPU
+CUDA_LIKE = SimpleNamespace(is_cuda=True, device=SimpleNamespace(index=0))  # what the rule reads: no GPU needed
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,7 @@ CUDA_LIKE = SimpleNamespace(is_cuda=True)  # only `is_cuda` is read: the rule ru
 )
 def test_the_switch_chooses_the_kernels(monkeypatch, setting, expected):
     monkeypatch.setattr(kernels, "_triton_importable", lambda: True)
+    monkeypatch.setattr(kernels, "_triton_compiles_for", lambda index: True)
     if setting is None:
         monkeypatch.delenv(SWITCH, raising=False)
     else:
@@ -26,8 +27,17 @@ def test_the_switch_chooses_the_kernels(monkeypatch, setting, expected):
     assert MEASURED == {"affine", "moments"}  # the kernels a GPU session measured (BENCHMARKS.md)
 
 
-def test_cpu_tensors_and_a_missing_triton_stay_eager(monkeypatch):
+def test_cpu_tensors_old_gpus_and_a_missing_triton_stay_eager(monkeypatch):
     monkeypatch.setenv(SWITCH, "1")
     assert not any(kernels_on(torch.zeros(2), k) for k in ALL)
+    monkeypatch.setattr(kernels, "_triton_importable", lambda: True)
+    capability = {0: (6, 0), 1: (7, 0)}  # a P100 beside a V100: Triton builds for the second only
+    monkeypatch.setattr(kernels.torch.cuda, "get_device_capability", lambda index: capability[index])
+    kernels._triton_compiles_for.cache_clear()
+    try:
+        on = [kernels_on(SimpleNamespace(is_cuda=True, device=SimpleNamespace(index=i)), "affine") for i in (0, 1)]
+    finally:
+        kernels._triton_compiles_for.cache_clear()
+    assert on == [False, True]
     monkeypatch.setattr(kernels, "_triton_importable", lambda: False)
     assert not any(kernels_on(CUDA_LIKE, k) for k in ALL)
