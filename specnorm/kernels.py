@@ -12,14 +12,16 @@ environment variable `SPECNORM_TRITON` chooses, read on every call (no host read
 - `"1"`: every kernel (`pcen` and `sliding_norm` too);
 - `"0"`: none (the kill switch).
 
-Triton ships with torch's Linux CUDA wheels; without it, and on GPUs it does not build for (compute capability
-below 7.0), everything runs eager. It is imported only by the kernel
-modules, which specnorm imports when a CUDA tensor arrives.
+Triton ships with torch's Linux CUDA wheels; without it, without a C compiler (Triton builds its launcher with
+one), and on GPUs it does not build for (compute capability below 7.0), everything runs eager. It is imported
+only by the kernel modules, which specnorm imports when a CUDA tensor arrives.
 """
 
 import functools
 import importlib.util
 import os
+import shutil
+import warnings
 
 import torch
 
@@ -30,8 +32,19 @@ MEASURED = frozenset({"affine", "moments"})  # run and timed on a GPU (BENCHMARK
 
 
 @functools.cache
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+def _triton_usable() -> bool:
+    """Whether triton imports and can build its kernel launcher, which it compiles with the system's C compiler
+    (`CC`, else gcc, else clang, as Triton looks for it) on first use: without one, the first batch would fail."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        warnings.warn(
+            "specnorm: Triton needs a C compiler (CC, gcc or clang) to launch its kernels and none was found: "
+            "the CUDA transforms run their eager PyTorch code",
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
 @functools.cache
@@ -50,7 +63,7 @@ def kernels_on(x: torch.Tensor, kernel: str) -> bool:
         >>> kernels_on(torch.zeros(3), "affine")  # a CPU tensor: the eager path
         False
     """
-    if not x.is_cuda or not _triton_importable() or not _triton_compiles_for(x.device.index):
+    if not x.is_cuda or not _triton_usable() or not _triton_compiles_for(x.device.index):
         return False
     switch = os.environ.get(SWITCH)
     return switch == "1" or (switch != "0" and kernel in MEASURED)

@@ -1,5 +1,6 @@
 "The one switch of the Triton kernels (`specnorm.kernels`): which kernels run on a CUDA tensor, per setting."
 
+import importlib.util
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +18,7 @@ CUDA_LIKE = SimpleNamespace(is_cuda=True, device=SimpleNamespace(index=0))  # wh
     [(None, {"affine", "moments"}), ("1", set(ALL)), ("0", set()), ("yes", {"affine", "moments"})],
 )
 def test_the_switch_chooses_the_kernels(monkeypatch, setting, expected):
-    monkeypatch.setattr(kernels, "_triton_importable", lambda: True)
+    monkeypatch.setattr(kernels, "_triton_usable", lambda: True)
     monkeypatch.setattr(kernels, "_triton_compiles_for", lambda index: True)
     if setting is None:
         monkeypatch.delenv(SWITCH, raising=False)
@@ -30,7 +31,7 @@ def test_the_switch_chooses_the_kernels(monkeypatch, setting, expected):
 def test_cpu_tensors_old_gpus_and_a_missing_triton_stay_eager(monkeypatch):
     monkeypatch.setenv(SWITCH, "1")
     assert not any(kernels_on(torch.zeros(2), k) for k in ALL)
-    monkeypatch.setattr(kernels, "_triton_importable", lambda: True)
+    monkeypatch.setattr(kernels, "_triton_usable", lambda: True)
     capability = {0: (6, 0), 1: (7, 0)}  # a P100 beside a V100: Triton builds for the second only
     monkeypatch.setattr(kernels.torch.cuda, "get_device_capability", lambda index: capability[index])
     kernels._triton_compiles_for.cache_clear()
@@ -39,5 +40,19 @@ def test_cpu_tensors_old_gpus_and_a_missing_triton_stay_eager(monkeypatch):
     finally:
         kernels._triton_compiles_for.cache_clear()
     assert on == [False, True]
-    monkeypatch.setattr(kernels, "_triton_importable", lambda: False)
+    monkeypatch.setattr(kernels, "_triton_usable", lambda: False)
     assert not any(kernels_on(CUDA_LIKE, k) for k in ALL)
+
+
+def test_without_a_c_compiler_triton_is_not_used_and_a_warning_says_why(monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    kernels._triton_usable.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="needs a C compiler"):
+            assert not kernels._triton_usable()
+    finally:
+        kernels._triton_usable.cache_clear()
+    monkeypatch.setenv("CC", "cc")
+    assert kernels._triton_usable() == (importlib.util.find_spec("triton") is not None)
+    kernels._triton_usable.cache_clear()
