@@ -383,7 +383,7 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
                   [2.0000, 2.0000, 2.0000]]]])
     """
     layout = affine_layout(x, scale.shape)
-    if layout is None or layout[2] < AFFINE_MIN_RUN:
+    if layout is None or layout[2] < AFFINE_MIN_RUN or shift.shape != scale.shape:  # the last: plain broadcasting
         return torch.mul(x, scale).add_(shift)
     if x.is_cuda and _kernel_affine().enabled(x):
         return _kernel_affine().affine(x, scale, shift)

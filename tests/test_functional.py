@@ -169,6 +169,12 @@ def test_affine_is_one_rounding_from_float64(shape, stats, layout, fused, device
         assert y[(0,) * x.ndim].isnan() and y[(-1,) * x.ndim].isinf()
 
 
+def test_affine_broadcasts_statistics_of_two_shapes_on_every_device(device):
+    x = torch.randn(2, 1, 20, 70, generator=torch.Generator().manual_seed(4)).to(device)
+    scale, shift = torch.linspace(0.5, 2, 20).view(1, 1, 20, 1).to(device), torch.tensor(3.0, device=device)
+    torch.testing.assert_close(F.affine(x, scale, shift), x * scale + shift)
+
+
 def test_standardize_against_float64():
     x = torch.randn(3, 2, 400, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.2 + 0.1
     a = x.numpy()
