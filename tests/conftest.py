@@ -76,6 +76,14 @@ class HostReadError(AssertionError):
     "Code under `no_host_reads` read a tensor value on the host."
 
 
+def count_calls(monkeypatch, owner, name: str, calls: list | None = None) -> list:
+    "Wrap `owner.name` (for the test) so that each call appends 1 to `calls`; return `calls` (new if None)."
+    calls = [] if calls is None else calls
+    inner = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or inner(*a, **k))
+    return calls
+
+
 @pytest.fixture
 def all_kernels(monkeypatch):
     "Every Triton kernel on CUDA tensors, the opt-in ones too (`specnorm.kernels`: `SPECNORM_TRITON=1`)."

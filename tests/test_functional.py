@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import HostReadError, no_host_reads
+from conftest import HostReadError, count_calls, no_host_reads
 from fasttransform import Pipeline
 
 import specnorm.functional as F
@@ -141,13 +141,11 @@ def test_normalize_and_denormalize_against_float64():
     ],
 )
 def test_affine_is_one_rounding_from_float64(shape, stats, layout, fused, device, monkeypatch):
-    calls, batch_norm = [], torch.batch_norm
-    monkeypatch.setattr(torch, "batch_norm", lambda *a: calls.append(1) or batch_norm(*a))
+    calls = count_calls(monkeypatch, torch, "batch_norm")
     if device.type == "cuda":  # the same fused layouts take the Triton kernel there (kernel_affine)
         from specnorm import kernel_affine
 
-        launcher = kernel_affine.affine
-        monkeypatch.setattr(kernel_affine, "affine", lambda *a, **k: calls.append(1) or launcher(*a, **k))
+        count_calls(monkeypatch, kernel_affine, "affine", calls)
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(shape, generator=g) * 30 - 50).to(device)
     if layout == "transposed":

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import no_host_reads
+from conftest import count_calls, no_host_reads
 
 from specnorm import kernel_moments as km
 from specnorm.functional import CHANNEL_AXES, GLOBAL_AXES
@@ -227,8 +227,7 @@ def test_kill_switch_and_cpu(device, monkeypatch):
 def test_public_recorder_on_device(device, dims, policy, monkeypatch):
     "The public path on each device (the kernels on CUDA), from the first call on, reading no value on the host."
     batches = [data((n, 1, 5, t), 3e38, seed=n).to(device) for n, t in ((4, 33), (1, 33), (3, 2))]
-    calls, update = [], km.update_moments
-    monkeypatch.setattr(km, "update_moments", lambda *args: calls.append(1) or update(*args))
+    calls = count_calls(monkeypatch, km, "update_moments")
     rec = StatsRecorder(dims, nan_policy=policy)
     with no_host_reads():
         for x in batches:

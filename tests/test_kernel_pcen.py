@@ -8,7 +8,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
-from conftest import no_host_reads
+from conftest import count_calls, no_host_reads
 
 from specnorm import kernel_pcen
 from specnorm.functional import PCEN_DEFAULTS, pcen, pcen_smoothing_coef
@@ -128,10 +128,7 @@ def test_launcher_rejects_bad_arguments():
 @pytest.fixture
 def launches(monkeypatch):
     "Counts the kernel launches made through `pcen`."
-    calls = []
-    launcher = kernel_pcen.pcen_rows
-    monkeypatch.setattr(kernel_pcen, "pcen_rows", lambda *a: calls.append(1) or launcher(*a))
-    return calls
+    return count_calls(monkeypatch, kernel_pcen, "pcen_rows")
 
 
 @pytest.mark.parametrize("params", PARAMS[:4], ids=str)

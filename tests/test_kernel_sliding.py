@@ -7,7 +7,7 @@ CUDA the same tests compile it, and the public `sliding_norm` on the `device` fi
 import numpy as np
 import pytest
 import torch
-from conftest import no_host_reads
+from conftest import count_calls, no_host_reads
 from test_kernel_pcen import compile_offline
 from test_sliding import db_spec, numpy_sliding
 
@@ -99,10 +99,7 @@ def test_launcher_rejects_bad_arguments():
 @pytest.fixture
 def launches(monkeypatch):
     "Counts the kernel launches made through `sliding_norm`."
-    calls = []
-    launcher = kernel_sliding.sliding_rows
-    monkeypatch.setattr(kernel_sliding, "sliding_rows", lambda *a: calls.append(1) or launcher(*a))
-    return calls
+    return count_calls(monkeypatch, kernel_sliding, "sliding_rows")
 
 
 @pytest.mark.parametrize("center,min_window", RULES[:2])
