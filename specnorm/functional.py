@@ -47,6 +47,7 @@ __all__ = [
     "check_axes",
     "check_eps",
     "combine_moments",
+    "count_nonfinite",
     "denormalize",
     "floor_std",
     "gaussian_kl",
@@ -284,6 +285,30 @@ class FiniteCheck:
                 f"{self.who}: {int(nbad)} of the {nbatches} batches since the last check held {self.what}; the "
                 f"first is batch {int(first)} (counting from 0) of shape {shape}"
             )
+
+
+def count_nonfinite(y: Tensor, count: Tensor, invalid: Tensor | None = None) -> None:
+    """Add 1 into the float64 cell `count` when `y` holds NaN or Inf (or the 0-d bool `invalid` is true).
+
+    The eager twin of the Triton kernels' count (which add how many values were bad): one `aminmax` of `y`,
+    whose two values are finite exactly when every value is, and a few one-value kernels. No host read. Used by
+    `instance_norm`, `sliding_norm` and `pcen` when they are given a `count` cell (`FiniteCheck.count_cell`)
+    and run eager.
+
+    Example:
+        >>> import torch
+        >>> from specnorm.functional import count_nonfinite
+        >>> cell = torch.zeros(1, dtype=torch.float64)
+        >>> count_nonfinite(torch.tensor([1.0, 2.0]), cell); count_nonfinite(torch.tensor([float("inf")]), cell)
+        >>> cell
+        tensor([1.], dtype=torch.float64)
+    """
+    if y.numel():
+        low, high = torch.aminmax(y.detach())
+        bad = (low.isfinite() & high.isfinite()).logical_not_()
+        invalid = bad if invalid is None else bad | invalid
+    if invalid is not None:
+        count.add_(invalid)
 
 
 # -- standardization with given statistics ----------------------------------------------------------------
@@ -701,7 +726,11 @@ def valid_mask(x: Tensor) -> Tensor | None:
 
 
 def instance_norm(
-    x: Tensor, axes: Sequence[int] = (2, 3), mask: Tensor | None = None, eps: float = INSTANCE_EPS
+    x: Tensor,
+    axes: Sequence[int] = (2, 3),
+    mask: Tensor | None = None,
+    eps: float = INSTANCE_EPS,
+    count: Tensor | None = None,
 ) -> Tensor:
     """Standardise each spectrogram of `x` over `axes`: `(x - mean) / max(std, eps)` (population std).
 
@@ -718,6 +747,9 @@ def instance_norm(
         mask: optional bool tensor broadcastable to the batch, True where values are real (e.g.
             `lengths_to_mask(lengths, T)` for a batch padded in time); masked positions give zeros.
         eps: floor on the standard deviation, in the input's units (> 0).
+        count: None, or a float64 one-element tensor on `x`'s device (`FiniteCheck.count_cell`): a positive
+            number is added into it when the output holds NaN or Inf, by the CUDA kernel as it writes them
+            (no extra pass), elsewhere by `count_nonfinite`. No host read either way.
 
     Shape:
         `[B, C, F, T]` or `[C, F, T]` -> same shape and dtype (float).
@@ -753,10 +785,13 @@ def instance_norm(
             out.mul_(var.sqrt_().clamp_(min=eps).reciprocal_().to(out.dtype))
         elif x.is_cuda and _kernel_affine().enabled(x) and _kernel_affine().instance_layout(x, dims):
             # two Triton kernels: float64 partial sums, then one fused (x - mean) * (1 / max(std, eps))
-            out = _kernel_affine().instance_norm(x, dims, eps)
+            out = _kernel_affine().instance_norm(x, dims, eps, count)
+            count = None  # counted
         else:  # one reduction kernel on a GPU; then subtract first, so a constant gives exact zeros
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))
+        if count is not None:
+            count_nonfinite(out, count)
         return (out[0] if item else out).to(out_dtype)
     mask = torch.as_tensor(mask, device=x.device).as_subclass(Tensor).bool()
     if item and mask.ndim == 3:
@@ -774,6 +809,8 @@ def instance_norm(
     var = torch.where(mask, (x - mean) ** 2, 0).sum(dims, keepdim=True) / count
     out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))  # in place: one batch-sized buffer, not two
     out = torch.where(mask, out, 0)
+    if count is not None:
+        count_nonfinite(out, count)
     return (out[0] if item else out).to(out_dtype)
 
 
@@ -942,6 +979,7 @@ def sliding_norm(
     norm_vars: bool = False,
     min_window: int = MIN_WINDOW,
     eps: float = INSTANCE_EPS,
+    count: Tensor | None = None,
 ) -> Tensor:
     """Sliding-window mean (and variance) normalization of `x` along its last axis (time).
 
@@ -956,6 +994,8 @@ def sliding_norm(
         norm_vars: also divide by the window's standard deviation.
         min_window: with `center=False`, the fewest frames used at the start of a clip.
         eps: floor on the standard deviation (input units).
+        count: None, or a float64 one-element tensor on `x`'s device (`FiniteCheck.count_cell`): a positive
+            number is added into it when the output holds NaN or Inf (see `instance_norm`).
 
     Shape:
         `[..., T]` -> same shape; floating inputs keep their dtype, integers give float32 (float64 for
@@ -978,16 +1018,16 @@ def sliding_norm(
         from . import kernel_sliding
 
         if kernel_sliding.use_kernel(x):
-            return kernel_sliding.sliding_rows(x, window, center, norm_vars, min_window, eps)
+            return kernel_sliding.sliding_rows(x, window, center, norm_vars, min_window, eps, count)
     work = x.dtype
     # On CPU a float32 cumulative sum accumulates in float64 and rounds each window sum once: enough for
     # the mean. The variance E[z^2] - E[z]^2 cancels, so its sums are float64 wherever the device has it.
     acc = work if (x.device.type == "cpu" and not norm_vars) else _accumulator_dtype(x)
-    count = _to(windows.count, x, acc)
+    frames = _to(windows.count, x, acc)  # frames per window
     rows = x.reshape(-1, n_frames)
     out = torch.empty(rows.shape, dtype=work, device=x.device)
     blocks, block = _row_blocks(len(rows), n_frames, x.device, acc)
-    sums_buffer = torch.empty((1 + norm_vars, block, len(count)), dtype=acc, device=x.device)
+    sums_buffer = torch.empty((1 + norm_vars, block, len(frames)), dtype=acc, device=x.device)
     if acc != work:
         acc_buffer = torch.empty((block, n_frames), dtype=acc, device=x.device)
         stats_buffer = torch.empty_like(sums_buffer, dtype=work)
@@ -995,7 +1035,7 @@ def sliding_norm(
         # any per-row shift leaves the result unchanged; this one keeps the sums small
         z = torch.sub(rows[b], rows[b].mean(-1, keepdim=True, dtype=work), out=out[b])
         zs = z if acc == work else acc_buffer[: len(z)].copy_(z)
-        sums = _window_sums(zs, windows, sums_buffer[:, : len(z)]).div_(count)
+        sums = _window_sums(zs, windows, sums_buffer[:, : len(z)]).div_(frames)
         if norm_vars:
             sums[1].addcmul_(sums[0], sums[0], value=-1)  # E[z^2] - E[z]^2
         stats = sums if acc == work else stats_buffer[:, : len(z)].copy_(sums)
@@ -1003,8 +1043,10 @@ def sliding_norm(
         if norm_vars:
             scale = stats[1].clamp_(min=eps * eps).rsqrt_()  # 1 / max(std, eps)
             if windows.min_count == 1:
-                scale.mul_(count > 1)  # a one-frame window gives 0, as in Kaldi
+                scale.mul_(frames > 1)  # a one-frame window gives 0, as in Kaldi
             _per_frame(torch.Tensor.mul_, z, scale, windows.lead)
+    if count is not None:
+        count_nonfinite(out, count)
     return out.view(x.shape)
 
 
@@ -1172,14 +1214,17 @@ def pcen(
     eps: float = PCEN_DEFAULTS["eps"],
     b: float | Tensor | None = None,
     max_size: int = 1,
+    count: Tensor | None = None,
 ) -> Tensor:
     """PCEN of a non-negative linear spectrogram `x` `[..., F, T]` (frequency, then time, last).
 
     `M[t] = (1 - b) M[t-1] + b E[t]` along time, `PCEN = (E / (eps + M)^gain + bias)^power - bias^power`,
     as `librosa.pcen` (see the `specnorm.pcen` module docstring). Arguments are those of `librosa.pcen`;
     `gain`, `bias`, `power` and `b` may also be per-channel tensors of shape `[F]`. Negative, NaN or Inf
-    input values give NaN or meaningless outputs (no host read checks them; the `PCEN` transform does,
-    deferred, with `FiniteCheck`).
+    input values give NaN or meaningless outputs. No host read checks them: with `count` (a float64
+    one-element tensor on `x`'s device, `FiniteCheck.count_cell`), a positive number is added into it when
+    the input has negative values or the output NaN or Inf, by the CUDA kernel in its pass, elsewhere by
+    `count_nonfinite` and a minimum of the input (the `PCEN` transform's deferred check).
 
     Shape:
         `[..., F, T]` -> same shape, float (half precision as float32).
@@ -1203,7 +1248,15 @@ def pcen(
         from . import kernel_pcen
 
         if kernel_pcen.use_kernel(x, gain, bias, power, b):
-            return kernel_pcen.pcen_rows(x, b, gain, bias, power, eps)
+            return kernel_pcen.pcen_rows(x, b, gain, bias, power, eps, count)
+    out = _pcen_eager(x, gain, bias, power, eps, b, max_size)
+    if count is not None:
+        count_nonfinite(out, count, invalid=x.detach().amin() < 0)
+    return out
+
+
+def _pcen_eager(x: Tensor, gain, bias, power, eps: float, b, max_size: int) -> Tensor:
+    "`pcen` in PyTorch operations (the CPU path, training, and the kernel's reference)."
     ref = x
     if max_size > 1:  # maximum over neighbouring channels, as scipy's maximum_filter1d places it
         before = max_size // 2

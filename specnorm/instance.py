@@ -8,11 +8,13 @@ torch's `var_mean`, which does not cancel on large dB offsets (a constant, silen
 exact zeros), or from a two-pass masked sum; the standard deviation is floored at `eps`. With a
 mask, only the valid positions of a padded batch count, and padded positions come out as zeros.
 The math is `specnorm.functional.instance_norm`; NaN/Inf outputs are counted on the device and
-reported by `check()` (see `specnorm.functional.FiniteCheck`).
+reported by `check()` (see `specnorm.functional.FiniteCheck`); on CUDA batches without padding, the second
+Triton kernel of `specnorm.kernel_affine` counts them as it writes them.
 """
 
 from collections.abc import Sequence
 
+import torch
 from fastai.data.transforms import DisplayedTransform
 from fastai.torch_core import TensorImageBase
 
@@ -64,6 +66,7 @@ class InstanceSpecNorm(DisplayedTransform):
         mask = getattr(x, "mask", None)
         if mask is None:
             mask = valid_mask(x)  # from `lengths`/`pad_before`, None without them
-        out = instance_norm(x, self.axes, mask=mask, eps=self.eps)
-        self.finite.update(out)
+        t = x.as_subclass(torch.Tensor)
+        # the batch's NaN/Inf count: on CUDA, added by the normalize kernel as it writes (no extra pass)
+        out = instance_norm(t, self.axes, mask=mask, eps=self.eps, count=self.finite.count_cell(t))
         return type(x)(out, **{**x.__dict__, "standardized": True})

@@ -12,12 +12,13 @@ only, and the eager code in `specnorm.functional` stays the CPU path and the ref
   host sync. Launch layout: statistics given as numbers use flat blocks of `_FLAT` values; tensor
   statistics use 2-D tiles of rows of `run` values (row `r` belongs to channel `r % channels`), the
   scale and shift loaded once per row; 1-D grid, int64 offsets.
-- `instance_norm(x, dims, eps)`: `(x - mean) * (1 / max(std, eps))` per group of the trailing dims
+- `instance_norm(x, dims, eps, count)`: `(x - mean) * (1 / max(std, eps))` per group of the trailing dims
   `dims` (each clip's channel, clip or frequency row). Two launches: a statistics kernel writes float64
   partial sums of `x - x0` and `(x - x0)^2` per (group, split), `x0` the group's first value (a shift
   that keeps the sums free of cancellation and makes a constant group's variance exactly 0); the
   normalize kernel combines a row's partials and centres before scaling, `((x - x0) - (mean - x0)) * s`,
-  so a constant group gives exact zeros and an offset far above the std costs no accuracy. Each lane of
+  so a constant group gives exact zeros and an offset far above the std costs no accuracy, and counts its
+  NaN/Inf outputs into `count` as `affine` does (`InstanceSpecNorm`'s check). Each lane of
   the statistics kernel adds a few values in `x`'s dtype, lanes and splits are summed in float64: the
   outputs stay within 1e-6 (in units of std) of a float64 two-pass, a few float32 roundings.
 
@@ -140,6 +141,8 @@ def _instance_apply(
     splits,
     col_tiles,
     eps,
+    count_ptr,
+    HAS_COUNT: tl.constexpr,
     SPLITS: tl.constexpr,
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
@@ -163,8 +166,11 @@ def _instance_apply(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     # x - mean as (x - x0) - d: both differences are on the scale of the std, so a large offset costs no
     # accuracy (a mean rounded to float32 would: 1e4 +- 1 is off by ~4e-5 std); a constant row gives 0 - 0
-    y = ((x - x0[:, None]) - d.to(x_ptr.dtype.element_ty)[:, None]) * scale[:, None]
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    y = (((x - x0[:, None]) - d.to(x_ptr.dtype.element_ty)[:, None]) * scale[:, None]).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs, y, mask=mask)
+    if HAS_COUNT:  # as in _affine_rows
+        bad = tl.sum(tl.sum(tl.where(mask, tl.where(tl.abs(y) < float("inf"), 0, 1), 0), axis=1), axis=0)
+        tl.atomic_add(count_ptr, bad.to(tl.float64), mask=bad > 0)
 
 
 def enabled(x: Tensor) -> bool:
@@ -256,13 +262,15 @@ def instance_layout(x: Tensor, dims: tuple[int, ...]) -> tuple[int, int] | None:
     return (x.numel() // n if n else 0), n
 
 
-def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
-    """`(x - mean) * (1 / max(std, eps))` over the trailing `dims` of `x`, population std: two kernels.
+def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float, count: Tensor | None = None) -> Tensor:
+    """`(x - mean) * (1 / max(std, eps))` over the trailing `dims` of `x`, population std: two kernels; with
+    `count`, the second also adds the number of NaN/Inf outputs into it (as `affine` does).
 
     Args:
         x: a contiguous float32 or float64 tensor (CUDA; or CPU under `TRITON_INTERPRET=1`).
         dims: the reduced dims, sorted, trailing (`instance_layout`).
         eps: floor on the std (> 0).
+        count: a float64 one-element tensor on `x`'s device (`FiniteCheck.count_cell`) or None.
 
     Shape:
         `x` -> same shape and dtype.
@@ -292,5 +300,9 @@ def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
     tile_rows, tile_cols = _tile(groups, n)
     col_tiles = math.ceil(n / tile_cols)
     grid = (math.ceil(groups / tile_rows) * col_tiles,)
-    _instance_apply[grid](x, y, part, groups, n, splits, col_tiles, float(eps), _pow2(splits), tile_rows, tile_cols)
+    has_count = count is not None
+    _instance_apply[grid](
+        x, y, part, groups, n, splits, col_tiles, float(eps), count if has_count else y, has_count,
+        _pow2(splits), tile_rows, tile_cols,
+    )  # fmt: skip
     return y

@@ -47,9 +47,10 @@ except ImportError:  # no Triton: `use_kernel` says no, and nothing below runs
 
 __all__ = ["pcen_rows", "triton_enabled", "use_kernel"]
 
-ROWS, CHUNK = 16, 64  # rows per program, frames per tile
+# Rows per program, frames per tile, warps: 4 values of a tile per thread (~75 registers, ptxas, sm_90). Measured
+# best of five settings on an H200 (benchmarks/gpu_kernels.py) for B = 64 and 256: more, smaller programs.
+ROWS, CHUNK, NUM_WARPS = 8, 64, 4
 MIN_CHUNK = 16  # short series still get a 16-frame tile (masked): no degenerate [ROWS, 1] scans to compile
-NUM_WARPS = 8  # 4 values of a tile per thread: ~75 registers, 24 warps per SM (4 warps: 128, 16); ptxas, sm_90
 _GENERAL, _LOG, _ZERO_BIAS = 0, 1, 2  # the output formula, picked on the host from the arguments
 
 
@@ -81,7 +82,13 @@ def _param(v, like: Tensor):
 
 
 def pcen_rows(
-    x: Tensor, b: float | Tensor, gain: float | Tensor, bias: float | Tensor, power: float | Tensor, eps: float
+    x: Tensor,
+    b: float | Tensor,
+    gain: float | Tensor,
+    bias: float | Tensor,
+    power: float | Tensor,
+    eps: float,
+    count: Tensor | None = None,
 ) -> Tensor:
     """PCEN of a float32 spectrogram `x` `[..., F, T]` with the Triton kernel, `M[-1] = 1`, no max filter.
 
@@ -93,6 +100,8 @@ def pcen_rows(
         gain, bias, power: as in `librosa.pcen`, numbers or per-channel tensors of 1 or `F` values;
             `power == 0` and `bias == 0` as numbers select `pcen`'s special cases.
         eps: the floor added to the smoother.
+        count: None, or a float64 one-element tensor on `x`'s device (`FiniteCheck.count_cell`) into which the
+            kernel adds its number of negative inputs and NaN/Inf outputs (atomically, only when there are any).
 
     Shape:
         `[..., F, T]` -> same shape, float32, contiguous.
@@ -122,8 +131,9 @@ def pcen_rows(
     chunk = min(CHUNK, max(MIN_CHUNK, triton.next_power_of_2(n_frames)))
     _pcen_kernel[(triton.cdiv(n_rows, ROWS),)](
         x, out, n_rows, n_frames, n_freq, b, b_step, g, g_step, s, s_step, p, p_step, float(eps),
-        B_VEC=b_vec, G_VEC=g_vec, S_VEC=s_vec, P_VEC=p_vec, MODE=mode, ROWS=ROWS, CHUNK=chunk,
-        num_warps=NUM_WARPS,
+        out if count is None else count,
+        B_VEC=b_vec, G_VEC=g_vec, S_VEC=s_vec, P_VEC=p_vec, MODE=mode, HAS_COUNT=count is not None,
+        ROWS=ROWS, CHUNK=chunk, num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
 
@@ -162,9 +172,9 @@ if triton is not None:
     @triton.jit
     def _pcen_kernel(
         x_ptr, out_ptr, n_rows, n_frames, n_freq,
-        b, b_step, gain, gain_step, bias, bias_step, power, power_step, eps,
+        b, b_step, gain, gain_step, bias, bias_step, power, power_step, eps, count_ptr,
         B_VEC: tl.constexpr, G_VEC: tl.constexpr, S_VEC: tl.constexpr, P_VEC: tl.constexpr,
-        MODE: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
+        MODE: tl.constexpr, HAS_COUNT: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         rmask = rows < n_rows
@@ -178,6 +188,7 @@ if triton is not None:
         base = rows[:, None] * n_frames
         state = tl.zeros((ROWS,), tl.float32) + 1.0  # M[-1] = 1: the steady state for a unit input
         e_next = tl.load(x_ptr + base + cols, mask=rmask[:, None] & (cols < n_frames), other=0.0)
+        bad = tl.zeros((ROWS, CHUNK), tl.int32)  # negative inputs and NaN/Inf outputs, per lane
         for t0 in range(0, n_frames, CHUNK):
             t = t0 + cols
             mask = rmask[:, None] & (t < n_frames)
@@ -198,3 +209,8 @@ if triton is not None:
             else:
                 y = tl.exp2(power_r * tl.log2(bias_r)) * _expm1(power_r * _log1p(agc / bias_r))
             tl.store(out_ptr + base + t, y, mask=mask)
+            if HAS_COUNT:  # NaN fails the comparison too
+                bad += tl.where(mask & ((e < 0) | ~(tl.abs(y) < float("inf"))), 1, 0)
+        if HAS_COUNT:  # only programs that saw any touch the cell
+            n_bad = tl.sum(tl.sum(bad, 1), 0)
+            tl.atomic_add(count_ptr, n_bad.to(tl.float64), mask=n_bad > 0)

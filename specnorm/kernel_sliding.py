@@ -1,14 +1,18 @@
 """Sliding-window normalization (`functional.sliding_norm`) on CUDA: one Triton kernel, no scratch buffers.
 
 It computes what `sliding_norm` computes, with the window rules of the `specnorm.sliding` module docstring
-(Kaldi's `apply-cmvn-sliding`): each row (a (clip, channel, frequency) series along time) is shifted by its mean,
-`z = x - mean(x)` (float32, as the eager path), then frame `t` becomes `z[t] - mean(z[start:end])`, divided with
+(Kaldi's `apply-cmvn-sliding`): each row (a (clip, channel, frequency) series along time) is shifted by its
+first value, `z = x - x[0]` (float32; the eager path shifts by the row's mean: any shift leaves the result
+unchanged, and the window sums are float64), then frame `t` becomes `z[t] - mean(z[start:end])`, divided with
 `norm_vars` by `max(std(z[start:end]), eps)` (population std; a one-frame window gives 0), where
 `[start, end) = window_edges(t)`. Why: the eager CUDA path launches a dozen kernels and makes float64 copies of
-the batch; this one reads it about twice (the second time mostly from cache) and writes it once.
+the batch; this one reads it from memory once (the window's other edges come from cache) and writes it once.
+With a `count` cell, it also adds its number of NaN/Inf outputs into it (`FiniteCheck.count_cell`). A NaN or
+Inf input makes every frame NaN from the first window that holds it to the end of its row (the running sums
+carry it); the eager path's row mean makes the whole row NaN. Either way the count marks the batch.
 
-Launch layout: program `p` owns rows `[p * ROWS, (p + 1) * ROWS)`. It sums its rows in float64 (the means),
-then sums the first window but its last frame, then walks time in `[ROWS, CHUNK]` tiles. From frame `t - 1` to
+Launch layout: program `p` owns rows `[p * ROWS, (p + 1) * ROWS)`. It sums the first window but its last frame,
+then walks time in `[ROWS, CHUNK]` tiles. From frame `t - 1` to
 `t` each window edge advances by 0 or 1 frame (`_frame_windows` checks this on the host), so the window sums
 (float64, of values and squares) are the previous ones plus the frame that enters, `z[end[t] - 1]`, minus the
 frame that leaves, `z[start[t] - 1]`: per tile, two shifted loads, a cumulative sum along time and the carry
@@ -26,7 +30,9 @@ from .kernel_pcen import tl, triton, triton_enabled
 
 __all__ = ["sliding_rows", "use_kernel"]
 
-ROWS, CHUNK, NUM_WARPS = 16, 64, 8  # float64 sums: ~120 registers with 8 warps (4: ~215, half the warps per SM)
+# Measured best of five settings on an H200 (benchmarks/gpu_kernels.py), for B = 64 and 256: small programs,
+# many of them, hide the serial walk along time.
+ROWS, CHUNK, NUM_WARPS = 8, 64, 4
 
 
 def use_kernel(x: Tensor) -> bool:
@@ -34,7 +40,9 @@ def use_kernel(x: Tensor) -> bool:
     return triton_enabled(x, kernel="sliding")
 
 
-def sliding_rows(x: Tensor, window: int, center: bool, norm_vars: bool, min_window: int, eps: float) -> Tensor:
+def sliding_rows(
+    x: Tensor, window: int, center: bool, norm_vars: bool, min_window: int, eps: float, count: Tensor | None = None
+) -> Tensor:
     """`sliding_norm` of a float32 `x` `[..., T]` along its last axis, with the Triton kernel.
 
     Callers normally use `specnorm.functional.sliding_norm`, which checks the arguments and runs this on CUDA
@@ -43,6 +51,8 @@ def sliding_rows(x: Tensor, window: int, center: bool, norm_vars: bool, min_wind
     Args:
         x: float32 `[..., T]`.
         window, center, norm_vars, min_window, eps: as in `sliding_norm` (`window`, `min_window` >= 1).
+        count: None, or a float64 one-element tensor on `x`'s device into which the kernel adds its number of
+            NaN/Inf outputs (atomically, only when there are any).
 
     Shape:
         `[..., T]` -> same shape, float32, contiguous.
@@ -64,8 +74,9 @@ def sliding_rows(x: Tensor, window: int, center: bool, norm_vars: bool, min_wind
     # the first window ends at frame `end0`; the kernel sums frames [0, end0 - 1) before its walk
     end0 = min(window if center else max(1, min_window), n_frames)
     _sliding_kernel[(triton.cdiv(n_rows, ROWS),)](
-        x, out, n_rows, n_frames, window, min_window, end0 - 1, float(eps) ** 2,
-        CENTER=bool(center), NORM_VARS=bool(norm_vars), ROWS=ROWS, CHUNK=CHUNK, num_warps=NUM_WARPS,
+        x, out, n_rows, n_frames, window, min_window, end0 - 1, float(eps) ** 2, out if count is None else count,
+        CENTER=bool(center), NORM_VARS=bool(norm_vars), HAS_COUNT=count is not None, ROWS=ROWS, CHUNK=CHUNK,
+        num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
 
@@ -87,26 +98,24 @@ if triton is not None:
 
     @triton.jit
     def _sliding_kernel(
-        x_ptr, out_ptr, n_rows, n_frames, window, min_window, n_before, eps2,
-        CENTER: tl.constexpr, NORM_VARS: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr,
+        x_ptr, out_ptr, n_rows, n_frames, window, min_window, n_before, eps2, count_ptr,
+        CENTER: tl.constexpr, NORM_VARS: tl.constexpr, HAS_COUNT: tl.constexpr, ROWS: tl.constexpr,
+        CHUNK: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         rmask = rows[:, None] < n_rows
         row_ptr = x_ptr + rows[:, None] * n_frames
         cols = tl.arange(0, CHUNK)[None, :]
-        # the rows' means: float64 sums, rounded to float32 (any shift leaves the result unchanged)
-        total = tl.zeros((ROWS,), tl.float64)
-        for t0 in range(0, n_frames, CHUNK):
-            t = t0 + cols
-            total += tl.sum(tl.load(row_ptr + t, mask=rmask & (t < n_frames), other=0.0).to(tl.float64), 1)
-        mean = (total / n_frames).to(tl.float32)[:, None]
+        # the shift: each row's first value (no pass over the row for its mean)
+        shift = tl.load(row_ptr, mask=rmask, other=0.0)
         # the first window but its last frame, which enters at frame 0
         sum1 = tl.zeros((ROWS,), tl.float64)
         sum2 = tl.zeros((ROWS,), tl.float64)
+        bad = tl.zeros((ROWS, CHUNK), tl.int32)  # NaN/Inf outputs, per lane
         for t0 in range(0, n_before, CHUNK):
             t = t0 + cols
             m = rmask & (t < n_before)
-            z = tl.where(m, tl.load(row_ptr + t, mask=m, other=0.0) - mean, 0.0).to(tl.float64)
+            z = tl.where(m, tl.load(row_ptr + t, mask=m, other=0.0) - shift, 0.0).to(tl.float64)
             sum1 += tl.sum(z, 1)
             sum2 += tl.sum(z * z, 1)
         for t0 in range(0, n_frames, CHUNK):
@@ -117,15 +126,15 @@ if triton is not None:
             first = t == 0
             enter = rmask & valid & (first | (end > end_before))
             leave = rmask & valid & (t > 0) & (start > start_before)
-            z_in = tl.where(enter, tl.load(row_ptr + end - 1, mask=enter, other=0.0) - mean, 0.0).to(tl.float64)
-            z_out = tl.where(leave, tl.load(row_ptr + start - 1, mask=leave, other=0.0) - mean, 0.0).to(tl.float64)
+            z_in = tl.where(enter, tl.load(row_ptr + end - 1, mask=enter, other=0.0) - shift, 0.0).to(tl.float64)
+            z_out = tl.where(leave, tl.load(row_ptr + start - 1, mask=leave, other=0.0) - shift, 0.0).to(tl.float64)
             step = z_in - z_out
             count = (end - start).to(tl.float64)
             s1 = tl.cumsum(step, 1) + sum1[:, None]
             sum1 = tl.sum(tl.where(cols == CHUNK - 1, s1, 0.0), 1)
             local_mean = s1 / count
             m = rmask & valid
-            y = tl.load(row_ptr + t, mask=m, other=0.0) - mean - local_mean.to(tl.float32)
+            y = tl.load(row_ptr + t, mask=m, other=0.0) - shift - local_mean.to(tl.float32)
             if NORM_VARS:
                 s2 = tl.cumsum(step * (z_in + z_out), 1) + sum2[:, None]
                 sum2 = tl.sum(tl.where(cols == CHUNK - 1, s2, 0.0), 1)
@@ -133,3 +142,8 @@ if triton is not None:
                 scale = tl.rsqrt(tl.maximum(var, eps2))  # 1 / max(std, eps)
                 y = y * tl.where(end - start > 1, scale, 0.0)  # a one-frame window gives 0, as in Kaldi
             tl.store(out_ptr + rows[:, None] * n_frames + t, y, mask=m)
+            if HAS_COUNT:  # NaN fails the comparison too
+                bad += tl.where(m & ~(tl.abs(y) < float("inf")), 1, 0)
+        if HAS_COUNT:  # only programs that saw any touch the cell
+            n_bad = tl.sum(tl.sum(bad, 1), 0)
+            tl.atomic_add(count_ptr, n_bad.to(tl.float64), mask=n_bad > 0)

@@ -103,10 +103,22 @@ class PCEN(DisplayedTransform):
             )
         sr = getattr(x, "sr", None) or self.sr
         hop_length = getattr(x, "hop_length", None) or self.hop_length
+        t = x.as_subclass(torch.Tensor)
+        # negative inputs and NaN/Inf outputs counted into the batch's mark: by the kernel as it writes, on CUDA
+        count = self.finite.count_cell(t)
         out = pcen(
-            x, sr, hop_length, self.gain, self.bias, self.power, self.time_constant, self.eps, self.b, self.max_size
+            t,
+            sr,
+            hop_length,
+            self.gain,
+            self.bias,
+            self.power,
+            self.time_constant,
+            self.eps,
+            self.b,
+            self.max_size,
+            count,
         )
-        self.finite.update(out, invalid=x.as_subclass(torch.Tensor).amin() < 0)
         return type(x)(out, **{**x.__dict__, "to_db": False, "pcen": True})
 
 

@@ -218,9 +218,10 @@ class SlidingSpecNorm(DisplayedTransform):
                 self.min_window,
                 self.eps,
             )
-        else:
-            out = sliding_norm(x, self.window, self.center, self.norm_vars, self.min_window, self.eps)
-        self.finite.update(out)
+            self.finite.update(out)
+        else:  # the NaN/Inf count: on CUDA, added by the kernel as it writes (no extra pass)
+            count = self.finite.count_cell(x.as_subclass(torch.Tensor))
+            out = sliding_norm(x, self.window, self.center, self.norm_vars, self.min_window, self.eps, count)
         return type(x)(out, **{**x.__dict__, "standardized": self.norm_vars, "centred": not self.norm_vars})
 
 

@@ -242,6 +242,18 @@ def test_instance_kernels_keep_float64():
     torch.testing.assert_close(K.instance_norm(x, (2, 3), 1e-5), ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dims", [(3,), (2, 3)])
+def test_instance_kernels_count_nan_and_inf_of_their_output(dims):
+    x = data((3, 2, 7, 37))
+    x[0, 1, 2, 5], x[2, 0, 6, 36] = math.nan, math.inf  # each poisons its group's statistics: the whole group
+    count = torch.zeros(1, dtype=torch.float64, device=KERNEL_DEVICE)
+    y = K.instance_norm(x, dims, 1e-5, count)
+    bad = (~torch.isfinite(y)).sum().item()
+    assert bad == 2 * math.prod(x.shape[d] for d in dims) and count.item() == bad
+    good = K.instance_norm(data((3, 2, 7, 37)), dims, 1e-5, count)  # a finite batch adds nothing
+    assert torch.isfinite(good).all() and count.item() == bad
+
+
 def test_instance_layout_only_trailing_contiguous_dims():
     x = torch.zeros(4, 2, 8, 50)
     assert K.instance_layout(x, (1, 2, 3)) == (4, 800)

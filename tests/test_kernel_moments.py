@@ -288,7 +288,7 @@ def test_benchmark_smoke(device):
     from benchmarks.gpu_kernels import bench_moments
 
     rows = bench_moments(device, smoke=True)
-    assert all(len(r) == 2 and float(r[1]) > 0 for r in rows)
+    assert all(len(r) == 3 and float(r[1]) > 0 for r in rows)
     kernels = [int(m[1]) for r in rows if (m := re.search(r", triton, (\d+) kernels", r[0]))]
     assert len(kernels) == (2 if torch.device(device).type == "cuda" else 0)
     assert all(n <= 8 for n in kernels)  # the goal; kernel_moments launches 2 per update

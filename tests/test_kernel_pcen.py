@@ -113,6 +113,19 @@ def test_nan_propagates_forward_in_its_row_only():
     torch.testing.assert_close(out[:, :, [0, 1, 3]].double(), reference(x[:, :, [0, 1, 3]]), rtol=RTOL, atol=0)
 
 
+def test_kernel_counts_negative_inputs_and_nonfinite_outputs():
+    x = energies((2, 1, 6, 90))
+    x[0, 0, 1, 3], x[1, 0, 5, 89], x[1, 0, 0, 40] = -1.0, float("nan"), float("inf")
+    count = torch.zeros(1, dtype=torch.float64, device=DEVICE)
+    b = pcen_smoothing_coef()
+    y = pcen_rows(x.to(DEVICE), b, 0.98, 2.0, 0.5, 1e-6, count).cpu()
+    # the negative input's output may be finite or not; every non-finite output and the negative input count
+    bad = (~torch.isfinite(y) | (x < 0)).sum().item()
+    assert bad >= 3 and count.item() == bad
+    pcen_rows(energies((2, 1, 6, 90), seed=1).to(DEVICE), b, 0.98, 2.0, 0.5, 1e-6, count)  # a good batch adds 0
+    assert count.item() == bad
+
+
 def test_launcher_rejects_bad_arguments():
     with pytest.raises(ValueError, match="float32"):
         pcen_rows(torch.rand(3, 8, dtype=torch.float64), 0.1, 1.0, 2.0, 0.5, 1e-6)
@@ -187,10 +200,11 @@ from triton.compiler import ASTSource
 from specnorm import kernel_pcen as k
 
 ints = dict.fromkeys(("n_rows", "n_frames", "n_freq", "b_step", "gain_step", "bias_step", "power_step"), "i32")
-for vec, mode, chunk in [(False, 0, 64), (True, 0, 64), (False, 1, 16), (True, 2, 64)]:
+for vec, mode, chunk, count in [(False, 0, 64, True), (True, 0, 64, False), (False, 1, 16, True), (True, 2, 64, True)]:
     params = dict.fromkeys(("b", "gain", "bias", "power"), "*fp32" if vec else "fp32")
-    flags = dict(B_VEC=vec, G_VEC=vec, S_VEC=vec, P_VEC=vec, MODE=mode, ROWS=k.ROWS, CHUNK=chunk)
-    signature = dict(x_ptr="*fp32", out_ptr="*fp32", **ints, **params, eps="fp32", **dict.fromkeys(flags, "constexpr"))
+    flags = dict(B_VEC=vec, G_VEC=vec, S_VEC=vec, P_VEC=vec, MODE=mode, HAS_COUNT=count, ROWS=k.ROWS, CHUNK=chunk)
+    signature = dict(x_ptr="*fp32", out_ptr="*fp32", **ints, **params, eps="fp32", count_ptr="*fp64")
+    signature.update(dict.fromkeys(flags, "constexpr"))
     source = ASTSource(fn=k._pcen_kernel, signature=signature, constexprs=flags)
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=k.NUM_WARPS))
     assert kernel.asm["cubin"], (vec, mode, chunk)
@@ -227,4 +241,6 @@ def test_gpu_benchmarks_run_at_tiny_sizes(device):
     pcen_rows_ = bench_pcen(device, batches=(1,), shape=(1, 8, 20), settings=((16, 64, 8),))
     sliding_rows_ = bench_sliding(device, batches=(1,), shape=(1, 8, 20), window=5, settings=((16, 64, 8),))
     assert len(pcen_rows_) == 1 + (device.type == "cuda") and len(sliding_rows_) == 2 * len(pcen_rows_)
-    assert all(ratio.endswith("x") and float(ratio[:-1]) > 0 for _, ratio in pcen_rows_ + sliding_rows_)
+    for _, ratio, gpu in pcen_rows_ + sliding_rows_:
+        assert ratio.endswith("x") and float(ratio[:-1]) > 0
+        assert gpu == "-" if device.type == "cpu" else float(gpu[:-1]) > 0

@@ -5,9 +5,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import count_calls, no_host_reads
 
+import specnorm.functional as F
 from specnorm import kernels
+from specnorm.audio import AudioSpectrogram
+from specnorm.instance import InstanceSpecNorm
 from specnorm.kernels import MEASURED, SWITCH, kernels_on
+from specnorm.pcen import PCEN
+from specnorm.sliding import SlidingSpecNorm
 
 ALL = ("affine", "moments", "pcen", "sliding")
 CUDA_LIKE = SimpleNamespace(is_cuda=True, device=SimpleNamespace(index=0))  # what the rule reads: no GPU needed
@@ -56,3 +62,31 @@ def test_without_a_c_compiler_triton_is_not_used_and_a_warning_says_why(monkeypa
     monkeypatch.setenv("CC", "cc")
     assert kernels._triton_usable() == (importlib.util.find_spec("triton") is not None)
     kernels._triton_usable.cache_clear()
+
+
+BAD_VALUE = {"InstanceSpecNorm": float("nan"), "SlidingSpecNorm": float("inf"), "PCEN": -1.0}
+
+
+@pytest.mark.parametrize(
+    "make", [InstanceSpecNorm, lambda: InstanceSpecNorm((3,)), lambda: SlidingSpecNorm(40, norm_vars=True), PCEN]
+)
+def test_transforms_count_bad_batches_in_their_kernels(make, device, all_kernels, monkeypatch):
+    """The statistics-free transforms mark a bad batch without a host read: on CUDA their kernel counts as it
+    writes (no eager reduction queued), elsewhere `count_nonfinite`; `check()` names the first bad batch."""
+    norm = make()
+    name = type(norm).__name__
+    reductions = count_calls(monkeypatch, F, "count_nonfinite")
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.rand(3, 1, 12, 90, generator=g).to(device) + 0.1 for _ in range(3)]
+    xs[1][2, 0, 5, 30] = BAD_VALUE[name]
+    with no_host_reads():
+        ys = [norm(AudioSpectrogram(x, sr=16000, hop_length=160, to_db=False)) for x in xs]
+    assert len(reductions) == (0 if device.type == "cuda" and kernels._triton_usable() else 3)
+    assert [bool(torch.isfinite(y).all()) for y in ys] == [
+        True,
+        name == "PCEN" and bool(torch.isfinite(ys[1]).all()),
+        True,
+    ]
+    with pytest.raises(ValueError, match=rf"{name}: 1 of the 3 batches .* first is batch 1 .* \(3, 1, 12, 90\)"):
+        norm.check()
+    norm.check()  # started over
