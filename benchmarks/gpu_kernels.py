@@ -109,20 +109,21 @@ def bench_transforms(device):
     return _ratios(fns, device)
 
 
-INSTANCE_TILES = ((4096, 1024, 1024), (8192, 1024, 1024), (2048, 1024, 1024), (4096, 512, 1024), (4096, 1024, 2048))
+# kernel_affine's (_TILE, _INSTANCE_COLS, _STATS_TILE): its defaults first
+INSTANCE_TILES = ((4096, 512, 1024), (4096, 1024, 1024), (8192, 512, 1024), (4096, 256, 1024), (2048, 512, 1024))
 
 
 @contextmanager
 def instance_tiles(tile, max_cols, stats_tile):
-    "`kernel_affine`'s instance-norm launch settings (_TILE, _MAX_COLS, _STATS_TILE) inside the block."
+    "`kernel_affine`'s instance-norm launch settings (_TILE, _INSTANCE_COLS, _STATS_TILE) inside the block."
     from specnorm import kernel_affine as k
 
-    before = k._TILE, k._MAX_COLS, k._STATS_TILE
-    k._TILE, k._MAX_COLS, k._STATS_TILE = tile, max_cols, stats_tile
+    before = k._TILE, k._INSTANCE_COLS, k._STATS_TILE
+    k._TILE, k._INSTANCE_COLS, k._STATS_TILE = tile, max_cols, stats_tile
     try:
         yield
     finally:
-        k._TILE, k._MAX_COLS, k._STATS_TILE = before
+        k._TILE, k._INSTANCE_COLS, k._STATS_TILE = before
 
 
 def bench_instance_tiles(device, settings=INSTANCE_TILES):
@@ -157,7 +158,8 @@ def kernels_per_call(device):
     x = _batch(64, device)
     spec = AudioSpectrogram(x, sr=16000, hop_length=160)
     lin = AudioSpectrogram((x / 10).exp(), sr=16000, hop_length=160)
-    norm = SpecNormalize(x.mean(CHANNEL_AXES, keepdim=True).cpu(), x.std(CHANNEL_AXES, keepdim=True).cpu())
+    stats = (x.mean(CHANNEL_AXES, keepdim=True).cpu(), x.std(CHANNEL_AXES, keepdim=True).cpu())
+    norm = SpecNormalize(*stats, axes=CHANNEL_AXES)
     instance, sliding, pcen = InstanceSpecNorm(), SlidingSpecNorm(300), PCEN()
     calls = {
         "x.clone()": x.clone,
@@ -235,7 +237,7 @@ def cuda_time(fn, device, repeat=50, warmup=5):
 
 
 # Launch settings to compare, (rows per program, frames per tile, warps): the modules' defaults come first.
-TILES = ((8, 64, 4), (4, 64, 4), (8, 32, 4), (8, 64, 2), (16, 64, 8))
+TILES = ((8, 32, 4), (8, 64, 4), (4, 32, 4), (8, 32, 2), (16, 32, 4))
 
 
 @contextmanager

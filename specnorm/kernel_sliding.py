@@ -11,8 +11,9 @@ With a `count` cell, it also adds its number of NaN/Inf outputs into it (`Finite
 Inf input makes every frame NaN from the first window that holds it to the end of its row (the running sums
 carry it); the eager path's row mean makes the whole row NaN. Either way the count marks the batch.
 
-Launch layout: program `p` owns rows `[p * ROWS, (p + 1) * ROWS)`. It sums the first window but its last frame,
-then walks time in `[ROWS, CHUNK]` tiles. From frame `t - 1` to
+Launch layout: program `p` owns rows `[p * ROWS, (p + 1) * ROWS)`. It sums the first window but its last frame
+(tiles of `4 * CHUNK` frames), then walks time in `[ROWS, CHUNK]` tiles, each tile's loads issued during the
+tile before. From frame `t - 1` to
 `t` each window edge advances by 0 or 1 frame (`_frame_windows` checks this on the host), so the window sums
 (float64, of values and squares) are the previous ones plus the frame that enters, `z[end[t] - 1]`, minus the
 frame that leaves, `z[start[t] - 1]`: per tile, two shifted loads, a cumulative sum along time and the carry
@@ -30,9 +31,9 @@ from .kernel_pcen import tl, triton, triton_enabled
 
 __all__ = ["sliding_rows", "use_kernel"]
 
-# Measured best of five settings on an H200 (benchmarks/gpu_kernels.py), for B = 64 and 256: small programs,
-# many of them, hide the serial walk along time.
-ROWS, CHUNK, NUM_WARPS = 8, 64, 4
+# Measured best of five settings on an H200 (benchmarks/gpu_kernels.py), for B = 64 and 256, means only and with
+# variances: small programs, many of them, hide the latency of the serial walk along time.
+ROWS, CHUNK, NUM_WARPS = 8, 32, 4
 
 
 def use_kernel(x: Tensor) -> bool:
@@ -97,6 +98,25 @@ if triton is not None:
         return tl.maximum(start - overflow, 0), end - overflow  # shifted left to end at the clip's last frame
 
     @triton.jit
+    def _walk_step(t, rmask, n_frames, window, min_window, CENTER: tl.constexpr):
+        """Frames `t`'s windows `[start, end)`, and which frames enter (`end - 1`) and leave (`start - 1`) the window
+        from frame `t - 1` to `t` (at frame 0, the first window's last frame enters), `valid`: `t` is a frame."""
+        start, end = _edges(t, n_frames, window, min_window, CENTER)
+        start_before, end_before = _edges(t - 1, n_frames, window, min_window, CENTER)
+        valid = rmask & (t < n_frames)
+        enter = valid & ((t == 0) | (end > end_before))
+        leave = valid & (t > 0) & (start > start_before)
+        return start, end, enter, leave, valid
+
+    @triton.jit
+    def _walk_loads(row_ptr, t, rmask, n_frames, window, min_window, CENTER: tl.constexpr):
+        "The values the walk reads at frames `t`: the frame entering the window, the frame leaving, frame `t`."
+        start, end, enter, leave, valid = _walk_step(t, rmask, n_frames, window, min_window, CENTER)
+        x_in = tl.load(row_ptr + end - 1, mask=enter, other=0.0)
+        x_out = tl.load(row_ptr + start - 1, mask=leave, other=0.0)
+        return x_in, x_out, tl.load(row_ptr + t, mask=valid, other=0.0)
+
+    @triton.jit
     def _sliding_kernel(
         x_ptr, out_ptr, n_rows, n_frames, window, min_window, n_before, eps2, count_ptr,
         CENTER: tl.constexpr, NORM_VARS: tl.constexpr, HAS_COUNT: tl.constexpr, ROWS: tl.constexpr,
@@ -108,33 +128,32 @@ if triton is not None:
         cols = tl.arange(0, CHUNK)[None, :]
         # the shift: each row's first value (no pass over the row for its mean)
         shift = tl.load(row_ptr, mask=rmask, other=0.0)
-        # the first window but its last frame, which enters at frame 0
+        # the first window but its last frame, which enters at frame 0: wide tiles (independent loads, few steps)
         sum1 = tl.zeros((ROWS,), tl.float64)
         sum2 = tl.zeros((ROWS,), tl.float64)
-        bad = tl.zeros((ROWS, CHUNK), tl.int32)  # NaN/Inf outputs, per lane
-        for t0 in range(0, n_before, CHUNK):
-            t = t0 + cols
+        wide = tl.arange(0, 4 * CHUNK)[None, :]
+        for t0 in range(0, n_before, 4 * CHUNK):
+            t = t0 + wide
             m = rmask & (t < n_before)
             z = tl.where(m, tl.load(row_ptr + t, mask=m, other=0.0) - shift, 0.0).to(tl.float64)
             sum1 += tl.sum(z, 1)
             sum2 += tl.sum(z * z, 1)
+        bad = tl.zeros((ROWS, CHUNK), tl.int32)  # NaN/Inf outputs, per lane
+        # the walk: each tile's loads are issued one tile ahead, so their latency overlaps the tile before's scan
+        x_in, x_out, x_t = _walk_loads(row_ptr, cols, rmask, n_frames, window, min_window, CENTER)
         for t0 in range(0, n_frames, CHUNK):
             t = t0 + cols
-            valid = t < n_frames
-            start, end = _edges(t, n_frames, window, min_window, CENTER)
-            start_before, end_before = _edges(t - 1, n_frames, window, min_window, CENTER)
-            first = t == 0
-            enter = rmask & valid & (first | (end > end_before))
-            leave = rmask & valid & (t > 0) & (start > start_before)
-            z_in = tl.where(enter, tl.load(row_ptr + end - 1, mask=enter, other=0.0) - shift, 0.0).to(tl.float64)
-            z_out = tl.where(leave, tl.load(row_ptr + start - 1, mask=leave, other=0.0) - shift, 0.0).to(tl.float64)
+            cur_in, cur_out, cur_t = x_in, x_out, x_t
+            x_in, x_out, x_t = _walk_loads(row_ptr, t + CHUNK, rmask, n_frames, window, min_window, CENTER)
+            start, end, enter, leave, m = _walk_step(t, rmask, n_frames, window, min_window, CENTER)
+            z_in = tl.where(enter, cur_in - shift, 0.0).to(tl.float64)
+            z_out = tl.where(leave, cur_out - shift, 0.0).to(tl.float64)
             step = z_in - z_out
             count = (end - start).to(tl.float64)
             s1 = tl.cumsum(step, 1) + sum1[:, None]
             sum1 = tl.sum(tl.where(cols == CHUNK - 1, s1, 0.0), 1)
             local_mean = s1 / count
-            m = rmask & valid
-            y = tl.load(row_ptr + t, mask=m, other=0.0) - shift - local_mean.to(tl.float32)
+            y = cur_t - shift - local_mean.to(tl.float32)
             if NORM_VARS:
                 s2 = tl.cumsum(step * (z_in + z_out), 1) + sum2[:, None]
                 sum2 = tl.sum(tl.where(cols == CHUNK - 1, s2, 0.0), 1)

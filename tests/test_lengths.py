@@ -163,8 +163,9 @@ def test_per_clip_normalizations_use_the_valid_frames_only(device, pad_mode):
     for name, out in outs.items():
         assert (out.as_subclass(torch.Tensor)[~valid_mask(out).expand(out.shape)] == 0).all(), name
     for x, s_here, got_i, got_s in zip(clips, per_clip(spec), per_clip(outs["instance"]), per_clip(outs["sliding"])):
-        # the valid frames are the clip's own spectrogram (to cuFFT's last digits on CUDA)
-        np.testing.assert_allclose(s_here, alone(x), rtol=1e-5, atol=1e-3)
+        # the valid frames are the clip's own spectrogram (on CUDA to cuFFT's rounding: ~2e-3 dB in quiet bins,
+        # where padding that leaked in would move values by decibels)
+        np.testing.assert_allclose(s_here, alone(x), rtol=1e-5, atol=1e-2)
         # normalized against the spectrogram this device made: per-clip and 7-frame stds magnify cuFFT's
         # last-digit differences from the CPU's
         want_i = (s_here - s_here.mean()) / max(s_here.std(), 1e-5)
