@@ -10,8 +10,8 @@
 #               #11 names (T_TESTS, 150 s).
 #   bench-cuda  `benchmarks.run --device cuda`: #11's stats and normalize rows, #10's pipeline rows, the rest
 #               (T_BENCH_CUDA, 240 s; a module stops after 150 s).
-#   kernels     `python -m benchmarks.gpu_kernels`: each Triton kernel against its eager path, with the launch
-#               settings of the opt-in ones (T_KERNELS, 60 s), into kernels.md.
+#   kernels     `python -m benchmarks.gpu_kernels`: each Triton kernel against its eager path, launch settings
+#               compared, the kernels each transform runs (T_KERNELS, 60 s), into kernels.md.
 #   tests-rest  the rest of the non-slow suite but the CPU-parametrized ids (CUDA through fastai's default
 #               device) (T_REST, 100 s).
 #   bench-cpu   `benchmarks.run --device cpu` in the time left.
@@ -182,7 +182,7 @@ EOF
     stage bench-cuda "$(min "$T_BENCH_CUDA" "$(left)")" "$PYTHON" "${bench[@]}" --device "$device" \
       --module-timeout 150 --out "$OUT/BENCHMARKS.md"
   fi
-  if wants kernels; then # the Triton kernels against their eager paths; PCEN and sliding are opt-in until measured
+  if wants kernels; then # the Triton kernels against their eager paths
     local kpy=("$PYTHON" -m benchmarks.gpu_kernels)
     [[ $CUDA != 1 ]] && kpy=("$PYTHON" -c "print('kernels: no CUDA (rehearsal): skipped')")
     stage kernels "$(min "$T_KERNELS" "$(left)")" bash -c '"$@" > "$0"' "$OUT/kernels.md" "${kpy[@]}"

@@ -45,7 +45,9 @@ __all__ = ["affine", "enabled", "instance_layout", "instance_norm"]
 _FLAT = 4096  # values per program of the flat affine
 _TILE = 4096  # values per program of a 2-D tile (rows x columns)
 _MAX_COLS = 1024  # columns of a tile, at most
-_INSTANCE_COLS = 512  # columns of a tile of the instance normalize kernel, at most (H200: 2.0x clone, 1024: 2.2x)
+# The instance normalize kernel's tiles: at most 2048 values, 512 columns (H200, B=64: 1.9x a clone with its
+# count, 2.1x with tiles of 4096 values; benchmarks/gpu_kernels.py compares them).
+_INSTANCE_TILE, _INSTANCE_COLS = 2048, 512
 _PROGRAMS = 16384  # statistics programs to aim for: many per SM, so the reduction runs at full bandwidth
 _STATS_TILE = 1024  # values per step of a statistics program (measured best of 1024-4096 on an H200)
 _MAX_SPLITS = 64  # programs per group of the statistics kernel, at most
@@ -169,9 +171,11 @@ def _instance_apply(
     # accuracy (a mean rounded to float32 would: 1e4 +- 1 is off by ~4e-5 std); a constant row gives 0 - 0
     y = (((x - x0[:, None]) - d.to(x_ptr.dtype.element_ty)[:, None]) * scale[:, None]).to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + offs, y, mask=mask)
-    if HAS_COUNT:  # as in _affine_rows
-        bad = tl.sum(tl.sum(tl.where(mask, tl.where(tl.abs(y) < float("inf"), 0, 1), 0), axis=1), axis=0)
-        tl.atomic_add(count_ptr, bad.to(tl.float64), mask=bad > 0)
+    if HAS_COUNT:
+        # one predicated atomic add per NaN/Inf value: a tile of finite values reduces nothing (the tile-wide sum
+        # of _affine_rows cost this kernel a quarter of its time on an H200)
+        bad = mask & ~(tl.abs(y) < float("inf"))
+        tl.atomic_add(count_ptr + offs * 0, tl.where(bad, 1.0, 0.0).to(tl.float64), mask=bad)
 
 
 def enabled(x: Tensor) -> bool:
@@ -299,7 +303,7 @@ def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float, count: Tensor | 
     splits = math.ceil(n / chunk)
     part = torch.empty(groups * splits * 2, dtype=torch.float64, device=x.device)
     _instance_stats[(row_blocks * splits,)](x, part, groups, n, splits, chunk, rows_per, cols)
-    tile_rows, tile_cols = _tile(groups, n, max_cols=_INSTANCE_COLS)
+    tile_rows, tile_cols = _tile(groups, n, _INSTANCE_TILE, _INSTANCE_COLS)
     col_tiles = math.ceil(n / tile_cols)
     grid = (math.ceil(groups / tile_rows) * col_tiles,)
     has_count = count is not None

@@ -6,10 +6,10 @@ On CUDA, the per-batch work of `SpecNormalize`, `instance_norm`, `StatsRecorder.
 PyTorch needs tens of kernels), and on the CPU as the eager code, which is also the kernels' reference. The
 environment variable `SPECNORM_TRITON` chooses, read on every call (no host read of tensor values):
 
-- unset: the kernels that a GPU session has run and measured (`MEASURED`: `kernel_affine`'s checked affine
-  and instance norm, `kernel_moments`, on an H200); the others, tested only under Triton's interpreter and
-  compiled for sm_90, stay eager until a GPU session measures them;
-- `"1"`: every kernel (`pcen` and `sliding_norm` too);
+- unset: the kernels that a GPU session has run and measured (`MEASURED`: all four, on an H200, BENCHMARKS.md);
+  a kernel added later stays eager by default, tested under Triton's interpreter only, until a GPU session
+  has run its tests and timed it;
+- `"1"`: every kernel, measured or not;
 - `"0"`: none (the kill switch).
 
 Triton ships with torch's Linux CUDA wheels; without it, without a C compiler (Triton builds its launcher with
@@ -28,7 +28,7 @@ import torch
 __all__ = ["MEASURED", "SWITCH", "kernels_on"]
 
 SWITCH = "SPECNORM_TRITON"
-MEASURED = frozenset({"affine", "moments"})  # run and timed on a GPU (BENCHMARKS.md)
+MEASURED = frozenset({"affine", "moments", "pcen", "sliding"})  # tested and timed on a GPU (BENCHMARKS.md)
 
 
 @functools.cache

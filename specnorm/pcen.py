@@ -18,8 +18,7 @@ frames (each chunk's response is one matrix product with the filter's truncated 
 and the state carried between chunks a second one), on other devices as a log-depth doubling scan
 of elementwise operations, which `float32` matmul precision settings (TF32) cannot degrade. On CUDA,
 without gradients and with `max_size=1`, one Triton kernel computes the whole of PCEN instead, one read
-and one write of the batch (`specnorm.kernel_pcen`; opt-in with `SPECNORM_TRITON=1` until a GPU session has
-timed it: `specnorm.kernels`).
+and one write of the batch (`specnorm.kernel_pcen`; `SPECNORM_TRITON=0` turns it off: `specnorm.kernels`).
 
 `TrainablePCEN` learns `gain`, `bias`, `power` and the smoothing coefficient `b` per frequency
 channel, log-parameterised as in Wang et al. (the smoothing coefficient is learned too, as in the

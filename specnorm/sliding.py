@@ -31,8 +31,8 @@ clips included); with `norm_vars` the sums of values and squares are float64 (fl
 `E[z^2] - E[z]^2` cancels where the local mean is far from the row mean: the output error is then
 set by the float32 input and output (measured up to 2e-5, two-frame windows on long drifting clips
 included). On CUDA all sums are float64; float32 batches there go through one Triton kernel that walks
-time per row with the same running sums when `SPECNORM_TRITON=1` (`specnorm.kernel_sliding`; opt-in until a GPU
-session has timed it: `specnorm.kernels`).
+time per row with the same running sums (`specnorm.kernel_sliding`; `SPECNORM_TRITON=0` turns it off:
+`specnorm.kernels`).
 Float32 values beyond ~1e37 overflow the float32 sums and outputs: NaN/Inf outputs, which the transform's
 check reports.
 

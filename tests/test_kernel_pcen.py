@@ -16,7 +16,7 @@ from specnorm.kernel_pcen import pcen_rows, use_kernel
 from specnorm.pcen import TrainablePCEN
 
 pytest.importorskip("triton")  # torch's Linux wheels bring it; elsewhere these tests have nothing to run
-pytestmark = pytest.mark.usefixtures("all_kernels")  # this kernel is opt-in until a GPU session times it
+pytestmark = pytest.mark.usefixtures("all_kernels")  # on CUDA whatever the environment says
 
 RTOL = 1e-5  # float32 math against the float64 reference: a few ulp per step, and the smoother's rounding
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the launcher runs (interpreted on the CPU)

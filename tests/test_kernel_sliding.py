@@ -16,7 +16,7 @@ from specnorm.functional import sliding_norm
 from specnorm.kernel_sliding import sliding_rows, use_kernel
 
 pytest.importorskip("triton")  # torch's Linux wheels bring it; elsewhere these tests have nothing to run
-pytestmark = pytest.mark.usefixtures("all_kernels")  # this kernel is opt-in until a GPU session times it
+pytestmark = pytest.mark.usefixtures("all_kernels")  # on CUDA whatever the environment says
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the launcher runs (interpreted on the CPU)
 RULES = [(True, 100)] + [(False, m) for m in (1, 5, 20)]  # (center, min_window)
