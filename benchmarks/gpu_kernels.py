@@ -238,7 +238,7 @@ def cuda_time(fn, device, repeat=50, warmup=5):
 
 # Launch settings to compare, (rows per program, frames per tile, warps): the module's default first.
 PCEN_TILES = ((8, 32, 4), (8, 32, 2), (8, 64, 4), (4, 32, 4), (16, 32, 4))
-SLIDING_TILES = ((8, 32, 2), (8, 32, 4), (8, 64, 2), (4, 32, 2), (16, 32, 2))
+SLIDING_TILES = ((4, 32, 2), (8, 32, 2), (4, 32, 4), (4, 64, 2), (2, 32, 2))
 
 
 @contextmanager

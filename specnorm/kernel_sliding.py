@@ -33,7 +33,7 @@ __all__ = ["sliding_rows", "use_kernel"]
 
 # Measured best of five settings on an H200 (benchmarks/gpu_kernels.py), for B = 64 and 256, means only and with
 # variances: small programs, many of them, hide the latency of the serial walk along time.
-ROWS, CHUNK, NUM_WARPS = 8, 32, 2
+ROWS, CHUNK, NUM_WARPS = 4, 32, 2
 
 
 def use_kernel(x: Tensor) -> bool:
