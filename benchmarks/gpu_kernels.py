@@ -114,20 +114,21 @@ INSTANCE_TILES = ((2048, 512, 1024), (4096, 512, 1024), (1024, 512, 1024), (2048
 
 
 @contextmanager
-def instance_tiles(tile, max_cols, stats_tile):
-    "`kernel_affine`'s instance-norm launch settings (_INSTANCE_TILE, _INSTANCE_COLS, _STATS_TILE) inside the block."
-    from specnorm import kernel_affine as k
-
-    before = k._INSTANCE_TILE, k._INSTANCE_COLS, k._STATS_TILE
-    k._INSTANCE_TILE, k._INSTANCE_COLS, k._STATS_TILE = tile, max_cols, stats_tile
+def module_settings(module, **values):
+    "A kernel module's launch settings (module-level names) set to `values` inside the block: the sweeps here."
+    before = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
     try:
         yield
     finally:
-        k._INSTANCE_TILE, k._INSTANCE_COLS, k._STATS_TILE = before
+        for name, value in before.items():
+            setattr(module, name, value)
 
 
 def bench_instance_tiles(device, settings=INSTANCE_TILES):
     "`InstanceSpecNorm` (its count included) at each launch setting of the instance kernels, GPU time per clone's."
+    from specnorm import kernel_affine
     from specnorm.audio import AudioSpectrogram
     from specnorm.instance import InstanceSpecNorm
 
@@ -138,7 +139,8 @@ def bench_instance_tiles(device, settings=INSTANCE_TILES):
         for axes in ((2, 3), (3,)):
             norm = InstanceSpecNorm(axes)
             for setting in settings:
-                with instance_tiles(*setting):
+                names = ("_INSTANCE_TILE", "_INSTANCE_COLS", "_STATS_TILE")
+                with module_settings(kernel_affine, **dict(zip(names, setting))):
                     gpu = _gpu_ratio(lambda: norm(spec), x.clone, device)
                 rows.append((f"InstanceSpecNorm({axes}), B={b}, tiles {setting}", "", gpu))
     return rows
@@ -241,23 +243,15 @@ PCEN_TILES = ((8, 32, 4), (8, 32, 2), (8, 64, 4), (4, 32, 4), (16, 32, 4))
 SLIDING_TILES = ((4, 32, 2), (8, 32, 2), (4, 32, 4), (4, 64, 2), (2, 32, 2))
 
 
-@contextmanager
-def tiles(module, rows, chunk, warps):
-    "Launch `module`'s kernel with these settings (its ROWS, CHUNK, NUM_WARPS) inside the block."
-    before = module.ROWS, module.CHUNK, module.NUM_WARPS
-    module.ROWS, module.CHUNK, module.NUM_WARPS = rows, chunk, warps
-    try:
-        yield
-    finally:
-        module.ROWS, module.CHUNK, module.NUM_WARPS = before
-
-
 def kernel_rows(name, module, run, device, clone_fn, settings):
     "One row per launch setting (on CUDA only: elsewhere the kernel does not run), then one for the eager path."
     clone = cuda_time(clone_fn, device)
     rows = []
     for n_rows, chunk, warps in settings if torch.device(device).type == "cuda" else ():
-        with tiles(module, n_rows, chunk, warps), triton_switch("1"):  # a kernel not yet in MEASURED too
+        with (
+            module_settings(module, ROWS=n_rows, CHUNK=chunk, NUM_WARPS=warps),
+            triton_switch("1"),
+        ):  # a kernel not yet in MEASURED too
             ratio = cuda_time(run, device) / clone
             gpu = _gpu_ratio(run, clone_fn, device)
         rows.append((f"{name}, kernel [{n_rows}, {chunk}] x {warps} warps", f"{ratio:.2f}x", gpu))

@@ -33,7 +33,7 @@ def check(x, window, center, norm_vars, min_window):
     )
 
 
-@pytest.mark.parametrize("n_frames", [1, 2, 5, 64, 65, 130])  # a tile of frames is 64
+@pytest.mark.parametrize("n_frames", [1, 2, 5, 32, 33, 130])  # tiles of 32 frames (the default CHUNK), 128 before
 @pytest.mark.parametrize("center,min_window", RULES)
 @pytest.mark.parametrize("norm_vars", [False, True])
 def test_launcher_matches_the_loop(n_frames, center, min_window, norm_vars):
