@@ -725,6 +725,12 @@ def valid_mask(x: Tensor) -> Tensor | None:
     return mask.reshape(lead + (1,) * (x.ndim - 2) + (n,))
 
 
+def _inv_std(var: Tensor, eps: float) -> Tensor:
+    """`1 / max(sqrt(var), eps)`, and NaN where `var` is Inf: float32 squares of values beyond ~1.8e19 overflow,
+    and a scale of 0 would turn the clip into silent zeros; NaN outputs are reported by the transforms' checks."""
+    return var.sqrt().clamp_(min=eps).reciprocal_().masked_fill_(var.isinf(), math.nan)
+
+
 def instance_norm(
     x: Tensor,
     axes: Sequence[int] = (2, 3),
@@ -737,7 +743,9 @@ def instance_norm(
     Per-utterance CMVN. Statistics are float64 sums for a mask; otherwise, on the CPU, a float64 mean and
     a centred second pass; on CUDA, when `axes` are the trailing dims, two Triton kernels (float64 partial
     sums, then one fused pass: `specnorm.kernel_affine`); elsewhere torch's `var_mean`. At least in
-    float32 (float16 data with std 400 has a variance float16 cannot hold).
+    float32 (float16 data with std 400 has a variance float16 cannot hold). A group whose float32 squares
+    overflow (values ~1.8e19 or more from its mean) gives NaN outputs, which the transform's check reports,
+    rather than the zeros an infinite std would make.
 
     Args:
         x: `[B, C, F, T]` batch, or a `[C, F, T]` item (treated as a batch of one).
@@ -782,14 +790,14 @@ def instance_norm(
             *rest, inner = dims
             ss = torch.linalg.vector_norm(out, 2, inner, keepdim=True).double().square_()
             var = (ss.sum(rest, keepdim=True) if rest else ss) / n
-            out.mul_(var.sqrt_().clamp_(min=eps).reciprocal_().to(out.dtype))
+            out.mul_(_inv_std(var, eps).to(out.dtype))
         elif x.is_cuda and _kernel_affine().enabled(x) and _kernel_affine().instance_layout(x, dims):
             # two Triton kernels: float64 partial sums, then one fused (x - mean) * (1 / max(std, eps))
             out = _kernel_affine().instance_norm(x, dims, eps, count)
             count = None  # counted
         else:  # one reduction kernel on a GPU; then subtract first, so a constant gives exact zeros
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-            out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))
+            out = torch.sub(x, mean).mul_(_inv_std(var, eps))
         if count is not None:
             count_nonfinite(out, count)
         return (out[0] if item else out).to(out_dtype)
@@ -802,12 +810,12 @@ def instance_norm(
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to the batch {tuple(x.shape)}"
         ) from None
-    count = mask.sum(dims, keepdim=True).clamp(min=1)  # a fully masked clip gives zeros, not NaN
+    n_valid = mask.sum(dims, keepdim=True).clamp(min=1)  # a fully masked clip gives zeros, not NaN
     # A float64 sum makes the mean of a constant exactly that constant: silence stays exact zeros.
     total = torch.where(mask, x, 0).sum(dims, keepdim=True, dtype=_accumulator_dtype(x))
-    mean = (total / count).to(x.dtype)
-    var = torch.where(mask, (x - mean) ** 2, 0).sum(dims, keepdim=True) / count
-    out = torch.sub(x, mean).div_(var.sqrt().clamp_(min=eps))  # in place: one batch-sized buffer, not two
+    mean = (total / n_valid).to(x.dtype)
+    var = torch.where(mask, (x - mean) ** 2, 0).sum(dims, keepdim=True) / n_valid
+    out = torch.sub(x, mean).mul_(_inv_std(var, eps))  # in place: one batch-sized buffer, not two
     out = torch.where(mask, out, 0)
     if count is not None:
         count_nonfinite(out, count)
@@ -1036,12 +1044,13 @@ def sliding_norm(
         z = torch.sub(rows[b], rows[b].mean(-1, keepdim=True, dtype=work), out=out[b])
         zs = z if acc == work else acc_buffer[: len(z)].copy_(z)
         sums = _window_sums(zs, windows, sums_buffer[:, : len(z)]).div_(frames)
-        if norm_vars:
-            sums[1].addcmul_(sums[0], sums[0], value=-1)  # E[z^2] - E[z]^2
+        if norm_vars:  # 1 / max(std, eps) from E[z^2] - E[z]^2, before any rounding to float32: a variance of
+            # values beyond ~1e19 overflows float32, its inverse square root does not
+            sums[1].addcmul_(sums[0], sums[0], value=-1).clamp_(min=eps * eps).rsqrt_()
         stats = sums if acc == work else stats_buffer[:, : len(z)].copy_(sums)
         _per_frame(torch.Tensor.sub_, z, stats[0], windows.lead)
         if norm_vars:
-            scale = stats[1].clamp_(min=eps * eps).rsqrt_()  # 1 / max(std, eps)
+            scale = stats[1]
             if windows.min_count == 1:
                 scale.mul_(frames > 1)  # a one-frame window gives 0, as in Kaldi
             _per_frame(torch.Tensor.mul_, z, scale, windows.lead)

@@ -163,7 +163,8 @@ def _instance_apply(
     x0 = tl.load(x_ptr + r * n, mask=row_ok, other=0.0)
     d = s1 / n  # mean - x0
     var = tl.maximum(s2 / n - d * d, 0.0)
-    scale = (1.0 / tl.maximum(tl.sqrt(var), eps)).to(x_ptr.dtype.element_ty)
+    # NaN where a lane's float32 squares overflowed (values beyond ~1.8e19): reported, not silent zeros
+    scale = tl.where(var < float("inf"), 1.0 / tl.maximum(tl.sqrt(var), eps), float("nan")).to(x_ptr.dtype.element_ty)
     mask = row_ok[:, None] & (t < n)[None, :]
     offs = r[:, None] * n + t[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)

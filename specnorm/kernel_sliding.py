@@ -157,8 +157,10 @@ if triton is not None:
             if NORM_VARS:
                 s2 = tl.cumsum(step * (z_in + z_out), 1) + sum2[:, None]
                 sum2 = tl.sum(tl.where(cols == CHUNK - 1, s2, 0.0), 1)
-                var = (s2 / count - local_mean * local_mean).to(tl.float32)
-                scale = tl.rsqrt(tl.maximum(var, eps2))  # 1 / max(std, eps)
+                # 1 / max(std, eps) in float64: the variance of values beyond ~1e19 overflows float32, its
+                # inverse square root does not
+                var = s2 / count - local_mean * local_mean
+                scale = (1.0 / tl.sqrt(tl.maximum(var, eps2))).to(tl.float32)
                 y = y * tl.where(end - start > 1, scale, 0.0)  # a one-frame window gives 0, as in Kaldi
             tl.store(out_ptr + rows[:, None] * n_frames + t, y, mask=m)
             if HAS_COUNT:  # NaN fails the comparison too

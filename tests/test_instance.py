@@ -129,6 +129,27 @@ def test_axes_out_of_range_or_repeated_are_named(axes):
         InstanceSpecNorm(axes=axes)
 
 
+@pytest.mark.parametrize("axes", [(2, 3), (3,)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_values_whose_squares_overflow_give_nan_and_are_reported(axes, masked, device):
+    "Values of 1e20 beside an ordinary clip: that clip's outputs are NaN (not silent zeros), the other is exact."
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 1, 8, 50, generator=g) * 10 - 50
+    x[1] *= 2e18
+    x = x.to(device)
+    mask = torch.ones(2, 1, 1, 50, dtype=torch.bool, device=device) if masked else None
+    out = instance_norm(x, axes, mask=mask).cpu()
+    assert torch.isnan(out[1]).all()
+    np.testing.assert_allclose(out[0].numpy(), numpy_instance(x[:1].cpu().numpy(), axes)[0], atol=1e-5)
+    norm = InstanceSpecNorm(axes)
+    spec = AudioSpectrogram(x)
+    if masked:
+        spec.mask = mask
+    norm(spec)
+    with pytest.raises(ValueError, match=r"InstanceSpecNorm: 1 of the 1 batches .*NaN or Inf"):
+        norm.check()
+
+
 def test_float16_with_large_spread_is_exact_and_not_reported():
     # std 400: the variance 1.6e5 does not fit float16; statistics are float32, the output float16
     g = torch.Generator().manual_seed(3)

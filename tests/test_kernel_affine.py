@@ -254,6 +254,17 @@ def test_instance_kernels_count_nan_and_inf_of_their_output(dims):
     assert torch.isfinite(good).all() and count.item() == bad
 
 
+def test_instance_kernels_give_nan_where_float32_squares_overflow():
+    "A group of values near 1e20 gives NaN outputs, counted, not zeros; the group beside it stays exact."
+    x = data((2, 1, 4, 50))
+    x[1] *= 2e18
+    count = torch.zeros(1, dtype=torch.float64, device=KERNEL_DEVICE)
+    y = K.instance_norm(x, (2, 3), 1e-5, count)
+    ref, _ = instance_reference(x[:1], (2, 3), 1e-5)
+    assert torch.isnan(y[1]).all() and count.item() == y[1].numel()
+    assert ((y[:1].double() - ref).abs() <= 1e-6 + 4 * EPS32 * ref.abs()).all()
+
+
 def test_instance_layout_only_trailing_contiguous_dims():
     x = torch.zeros(4, 2, 8, 50)
     assert K.instance_layout(x, (1, 2, 3)) == (4, 800)

@@ -98,6 +98,13 @@ def test_kernel_counts_nonfinite_outputs(norm_vars):
     assert count.item() == (~torch.isfinite(y)).sum().item()
 
 
+def test_variance_beyond_float32_stays_exact():
+    "Values of 1e20: the kernel's variance and inverse square root are float64."
+    x = db_spec((1, 1, 3, 80), seed=6) * np.float32(2e18)
+    ref = numpy_sliding(x, 9, True, True, 100)
+    np.testing.assert_allclose(launch(x, 9, True, True, 100), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_launcher_rejects_bad_arguments():
     with pytest.raises(ValueError, match="float32"):
         sliding_rows(torch.zeros(2, 5, dtype=torch.float64), 3, True, False, 100, 1e-5)

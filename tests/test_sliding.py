@@ -91,6 +91,15 @@ def test_db_offset_does_not_cancel():
     np.testing.assert_allclose(out.numpy(), numpy_sliding(x, 300, norm_vars=True), rtol=1e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("center,min_window", [(True, 100), (False, 5)])
+def test_values_whose_variance_overflows_float32_stay_exact(center, min_window, device):
+    "Values of 1e20 (squares of 1e40): the variance is float64, and so is its inverse square root."
+    x = db_spec((2, 1, 4, 60), seed=5) * np.float32(2e18)
+    out = sliding_norm(torch.from_numpy(x).to(device), 9, center, norm_vars=True, min_window=min_window)
+    ref = numpy_sliding(x, 9, center, norm_vars=True, min_window=min_window)
+    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_constant_input_gives_zeros_not_nan():
     x = torch.full((1, 1, 3, 50), -80.3)
     assert (sliding_norm(x, 10, norm_vars=True) == 0).all()
