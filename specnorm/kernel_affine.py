@@ -18,14 +18,15 @@ only, and the eager code in `specnorm.functional` stays the CPU path and the ref
   that keeps the sums free of cancellation and makes a constant group's variance exactly 0); the
   normalize kernel combines a row's partials and centres before scaling, `((x - x0) - (mean - x0)) * s`,
   so a constant group gives exact zeros and an offset far above the std costs no accuracy, and counts its
-  NaN/Inf outputs into `count` as `affine` does (`InstanceSpecNorm`'s check). Each lane of
+  NaN/Inf outputs into `count` with one predicated atomic add per bad value (`InstanceSpecNorm`'s check;
+  a group whose float32 squares overflowed gets NaN). Each lane of
   the statistics kernel adds a few values in `x`'s dtype, lanes and splits are summed in float64: the
   outputs stay within 1e-6 (in units of std) of a float64 two-pass, a few float32 roundings.
 
-Measured on an H200 (triton 3.6, `[B, 1, 201, 401]` float32, time / `x.clone()`, kernels launched directly):
-the checked affine 1.07x (one value) and 1.16x (per frequency row) at B=64, 1.00x and 1.14x at B=256;
-instance norm 1.8x / 1.7x over `(2, 3)` and 2.2x over `(3,)` at B=64 / 256 (rows of 401 values are not
-16-byte aligned, so every load is a scalar one).
+Measured on an H200 (triton 3.6, `[B, 1, 201, 401]` float32, GPU time / `x.clone()`'s, BENCHMARKS.md):
+`SpecNormalize` (the checked affine) 0.84x (one value) and 1.11x (per frequency row) at B=64, 1.00x and 1.14x
+at B=256; `InstanceSpecNorm` with its count 1.94x / 1.77x over `(2, 3)` and 2.45x / 2.23x over `(3,)` at
+B=64 / 256 (rows of 401 values are not 16-byte aligned, so every load is a scalar one).
 
 Dispatch (`enabled`): CUDA tensors, when triton imports and the environment variable `SPECNORM_TRITON`
 is not `"0"` (the kill switch). Triton is imported lazily, on the first CUDA tensor, so importing
@@ -271,7 +272,7 @@ def instance_layout(x: Tensor, dims: tuple[int, ...]) -> tuple[int, int] | None:
 
 def instance_norm(x: Tensor, dims: tuple[int, ...], eps: float, count: Tensor | None = None) -> Tensor:
     """`(x - mean) * (1 / max(std, eps))` over the trailing `dims` of `x`, population std: two kernels; with
-    `count`, the second also adds the number of NaN/Inf outputs into it (as `affine` does).
+    `count`, the second also adds the number of NaN/Inf outputs into it.
 
     Args:
         x: a contiguous float32 or float64 tensor (CUDA; or CPU under `TRITON_INTERPRET=1`).

@@ -47,8 +47,8 @@ except ImportError:  # no Triton: `use_kernel` says no, and nothing below runs
 
 __all__ = ["pcen_rows", "triton_enabled", "use_kernel"]
 
-# Rows per program, frames per tile, warps: 4 values of a tile per thread (~75 registers, ptxas, sm_90). Measured
-# best of five settings on an H200 (benchmarks/gpu_kernels.py) for B = 64 and 256: more, smaller programs.
+# Rows per program, frames per tile, warps: 2 values of a tile per thread. Measured best of five settings on an
+# H200 (benchmarks/gpu_kernels.py) for B = 64 and 256: more, smaller programs.
 ROWS, CHUNK, NUM_WARPS = 8, 32, 4
 MIN_CHUNK = 16  # short series still get a 16-frame tile (masked): no degenerate [ROWS, 1] scans to compile
 _GENERAL, _LOG, _ZERO_BIAS = 0, 1, 2  # the output formula, picked on the host from the arguments

@@ -12,14 +12,14 @@ Inf input makes every frame NaN from the first window that holds it to the end o
 carry it); the eager path's row mean makes the whole row NaN. Either way the count marks the batch.
 
 Launch layout: program `p` owns rows `[p * ROWS, (p + 1) * ROWS)`. It sums the first window but its last frame
-(tiles of `4 * CHUNK` frames), then walks time in `[ROWS, CHUNK]` tiles, each tile's loads issued during the
-tile before. From frame `t - 1` to
-`t` each window edge advances by 0 or 1 frame (`_frame_windows` checks this on the host), so the window sums
-(float64, of values and squares) are the previous ones plus the frame that enters, `z[end[t] - 1]`, minus the
-frame that leaves, `z[start[t] - 1]`: per tile, two shifted loads, a cumulative sum along time and the carry
-from the tile before (the first frame's "entering" frame completes the first window). The edges are computed in
-the kernel from `t` (integer min/max, as `window_edges`). Offsets are int64. Squares enter as
-`(e - l)(e + l)`, as the eager path's, so large equal squares do not cancel.
+(tiles of `4 * CHUNK` frames), then walks time in `[ROWS, CHUNK]` tiles, each tile's loads issued during the tile
+before. From frame `t - 1` to `t` each window edge advances by 0 or 1 frame (`_frame_windows` checks this on the
+host), so the window sums (float64, of values and squares) are the previous ones plus the frame that enters,
+`z[end[t] - 1]`, minus the frame that leaves, `z[start[t] - 1]`: per tile, two shifted loads, a cumulative sum
+along time and the carry from the tile before (the first frame's "entering" frame completes the first window). The
+edges are computed in the kernel from `t` (integer min/max, as `window_edges`). Offsets are int64. Squares enter
+as `(e - l)(e + l)`, as the eager path's, so large equal squares do not cancel. The inverse std is taken in
+float64 too: the variance of values beyond ~1e19 overflows float32.
 """
 
 from __future__ import annotations
