@@ -68,7 +68,9 @@ BAD_VALUE = {"InstanceSpecNorm": float("nan"), "SlidingSpecNorm": float("inf"), 
 
 
 @pytest.mark.parametrize(
-    "make", [InstanceSpecNorm, lambda: InstanceSpecNorm((3,)), lambda: SlidingSpecNorm(40, norm_vars=True), PCEN]
+    "make",
+    [InstanceSpecNorm, lambda: InstanceSpecNorm((3,)), lambda: SlidingSpecNorm(40, norm_vars=True), PCEN],
+    ids=["instance", "instance_per_row", "sliding", "pcen"],
 )
 def test_transforms_count_bad_batches_in_their_kernels(make, device, all_kernels, monkeypatch):
     """The statistics-free transforms mark a bad batch without a host read: on CUDA their kernel counts as it
