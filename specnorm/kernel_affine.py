@@ -77,6 +77,13 @@ def _affine_flat(x_ptr, y_ptr, n, scale, shift, count_ptr, HAS_COUNT: tl.constex
 
 
 @_jit
+def _tile_of(col_tiles, ROWS: tl.constexpr, COLS: tl.constexpr):
+    "This program's 2-D tile: its rows `r` and columns `t` (int64), `col_tiles` tiles to a block of rows."
+    pid = tl.program_id(0).to(tl.int64)
+    return (pid // col_tiles) * ROWS + tl.arange(0, ROWS), (pid % col_tiles) * COLS + tl.arange(0, COLS)
+
+
+@_jit
 def _affine_rows(
     x_ptr,
     y_ptr,
@@ -91,9 +98,7 @@ def _affine_rows(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    r = (pid // col_tiles) * ROWS + tl.arange(0, ROWS)
-    t = (pid % col_tiles) * COLS + tl.arange(0, COLS)
+    r, t = _tile_of(col_tiles, ROWS, COLS)
     row_ok = r < rows
     c = r % channels
     scale = tl.load(scale_ptr + c, mask=row_ok, other=0.0)
@@ -151,9 +156,7 @@ def _instance_apply(
     ROWS: tl.constexpr,
     COLS: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    r = (pid // col_tiles) * ROWS + tl.arange(0, ROWS)
-    t = (pid % col_tiles) * COLS + tl.arange(0, COLS)
+    r, t = _tile_of(col_tiles, ROWS, COLS)
     row_ok = r < rows
     # the row's statistics from its partial sums (a few values: recomputed by each tile of the row)
     s = tl.arange(0, SPLITS)
